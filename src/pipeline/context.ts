@@ -1,0 +1,100 @@
+import { randomUUID } from 'node:crypto';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { performance } from 'node:perf_hooks';
+import type { Actor, Feature, FeatureLimit } from '../actors/types.ts';
+import type { GatewayError } from '../errors/errors.ts';
+import type { PreparedRequest, ResponseTap, RouteAdapter } from '../providers/types.ts';
+import type { Outcome, UsageEvent } from '../usage/event.ts';
+
+function header(req: IncomingMessage, name: string): string | null {
+  const value = req.headers[name];
+  if (value === undefined) return null;
+  return Array.isArray(value) ? value.join(', ') : value;
+}
+
+/** Everything one proxied request gathers on its way through the pipeline. */
+export class RequestContext {
+  readonly requestId = `req_${randomUUID().replaceAll('-', '')}`;
+  readonly startedAt = performance.now();
+  readonly timestamp = new Date().toISOString();
+  actor: Actor | undefined;
+  feature: Feature | null = null;
+  limit: FeatureLimit | undefined;
+  /** Units taken from the quota at admission, given back if the request fails. */
+  admittedCost = 0;
+  admitted = false;
+  prepared: PreparedRequest | undefined;
+  tap: ResponseTap | undefined;
+  upstreamStartedAt: number | null = null;
+  upstreamHeadersAt: number | null = null;
+  upstreamEndedAt: number | null = null;
+  upstreamStatus: number | null = null;
+  status = 0;
+  outcome: Outcome = 'completed';
+  error: GatewayError | undefined;
+  /** The client closed its connection before the response was complete. */
+  clientAborted = false;
+  /** The upstream stream broke (reset, idle timeout) after the response started. */
+  streamFailure: 'reset' | 'timeout' | undefined;
+
+  constructor(
+    readonly req: IncomingMessage,
+    readonly res: ServerResponse,
+    readonly route: RouteAdapter,
+    private readonly trustProxy: boolean,
+  ) {}
+
+  clientIp(): string | null {
+    if (this.trustProxy) {
+      const forwarded = header(this.req, 'x-forwarded-for');
+      if (forwarded !== null) return forwarded.split(',')[0].trim();
+    }
+    return this.req.socket.remoteAddress ?? null;
+  }
+
+  /** Builds the usage event from what the request gathered; token counts are filled by the caller. */
+  toEvent(): UsageEvent {
+    const now = performance.now();
+    const meter = this.tap?.meter;
+    const total = now - this.startedAt;
+    const upstreamTotal = this.upstreamStartedAt === null ? null : (this.upstreamEndedAt ?? now) - this.upstreamStartedAt;
+    const actor = this.actor as Actor;
+    return {
+      id: `evt_${randomUUID().replaceAll('-', '')}`,
+      timestamp: this.timestamp,
+      requestId: this.requestId,
+      actorId: actor.id,
+      actorName: actor.name,
+      feature: this.feature,
+      provider: this.route.provider,
+      route: this.route.id,
+      requestedModel: this.prepared?.model ?? null,
+      upstreamModel: meter?.upstreamModel ?? null,
+      stream: this.prepared?.stream ?? false,
+      upstreamStatus: this.upstreamStatus,
+      status: this.status,
+      outcome: this.outcome,
+      errorCode: this.error?.code ?? null,
+      inputTokens: null,
+      outputTokens: null,
+      cacheCreationInputTokens: meter?.cacheCreationInputTokens ?? null,
+      cacheReadInputTokens: meter?.cacheReadInputTokens ?? null,
+      reasoningTokens: meter?.reasoningTokens ?? null,
+      tokensEstimated: false,
+      durationMs: round(total),
+      upstreamTtfbMs: this.upstreamStartedAt === null || this.upstreamHeadersAt === null ? null : round(this.upstreamHeadersAt - this.upstreamStartedAt),
+      upstreamDurationMs: upstreamTotal === null ? null : round(upstreamTotal),
+      overheadMs: upstreamTotal === null ? null : round(Math.max(0, total - upstreamTotal)),
+      promptChars: this.prepared?.promptChars ?? null,
+      completionChars: meter === undefined ? null : meter.completionChars,
+      clientIp: this.clientIp(),
+      userAgent: header(this.req, 'user-agent'),
+      sgActorUid: header(this.req, 'x-sourcegraph-actor-uid'),
+      sgActorAnonymousUid: header(this.req, 'x-sourcegraph-actor-anonymous-uid'),
+    };
+  }
+}
+
+function round(ms: number): number {
+  return Math.round(ms * 100) / 100;
+}

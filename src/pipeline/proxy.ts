@@ -1,0 +1,239 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { performance } from 'node:perf_hooks';
+import type { Readable } from 'node:stream';
+import { request } from 'undici';
+import { isFeature, type Feature } from '../actors/types.ts';
+import type { ProviderConfig } from '../config/config.ts';
+import { GatewayError } from '../errors/errors.ts';
+import { isModelAllowed } from '../limits/models.ts';
+import type { RouteAdapter } from '../providers/types.ts';
+import { ClientClosedError, parseJsonObject, readBody } from '../server/body.ts';
+import type { Gateway } from '../server/gateway.ts';
+import { sendError, toGatewayError } from '../server/respond.ts';
+import { RequestContext } from './context.ts';
+import { finishRequest } from './finish.ts';
+import { clientResponseHeaders, decodeBody, readAll, relayUpstreamError, upstreamRequestHeaders, writeChunk } from './upstream.ts';
+
+/**
+ * Handles one proxied API call. The steps run in this order, and each ends the request on its
+ * own failure: authenticate, resolve the feature, check the provider, read and validate the
+ * body, check the model, admit against the quota, call the upstream, relay its answer. Exactly
+ * one usage event is written for every request that passed authentication.
+ */
+export async function handleProxy(gateway: Gateway, route: RouteAdapter, req: IncomingMessage, res: ServerResponse): Promise<void> {
+  const ctx = new RequestContext(req, res, route, gateway.config.trustProxy);
+  res.setHeader('request-id', ctx.requestId);
+  res.setHeader('x-request-id', ctx.requestId);
+  const abort = new AbortController();
+  res.on('close', () => {
+    if (!res.writableFinished) {
+      ctx.clientAborted = true;
+      abort.abort();
+    }
+  });
+
+  try {
+    ctx.actor = (await gateway.resolver.resolve(req.headers)).actor;
+  } catch (error) {
+    const failure = toGatewayError(error);
+    if (failure.code === 'internal_error') gateway.logger.error({ err: error, requestId: ctx.requestId }, 'failed to resolve the access token');
+    gateway.logger.debug({ requestId: ctx.requestId, route: route.id, status: failure.status, code: failure.code }, 'request rejected before authentication');
+    res.setHeader('connection', 'close');
+    sendError(res, route.errorShape, failure, ctx.requestId);
+    return;
+  }
+
+  try {
+    ctx.feature = resolveFeature(req, route);
+    ctx.limit = requireFeatureLimit(ctx);
+    const provider = requireProvider(gateway, route);
+    const raw = await readBody(req, gateway.config.maxBodyBytes);
+    ctx.prepared = route.prepare(parseJsonObject(raw), raw);
+    checkModel(ctx, provider);
+    await admit(gateway, ctx);
+    await forward(gateway, ctx, provider, abort.signal);
+  } catch (error) {
+    handleFailure(gateway, ctx, error);
+  } finally {
+    const settling = finishRequest(gateway, ctx);
+    gateway.settling.add(settling);
+    await settling;
+    gateway.settling.delete(settling);
+  }
+}
+
+function resolveFeature(req: IncomingMessage, route: RouteAdapter): Feature {
+  const value = req.headers['x-sourcegraph-feature'];
+  if (value === undefined || value === '') return route.defaultFeature;
+  const feature = (Array.isArray(value) ? value[0] : value).trim();
+  if (!isFeature(feature)) {
+    throw new GatewayError('unknown_feature', `X-Sourcegraph-Feature: unknown feature ${JSON.stringify(feature)}; expected chat_completions, code_completions or embeddings`);
+  }
+  if ((feature === 'embeddings') !== (route.defaultFeature === 'embeddings')) {
+    throw new GatewayError('unknown_feature', `X-Sourcegraph-Feature: feature ${feature} cannot be used on this route`);
+  }
+  return feature;
+}
+
+function requireFeatureLimit(ctx: RequestContext) {
+  const limit = ctx.actor?.limits[ctx.feature as Feature];
+  if (limit === undefined || limit.limit <= 0) {
+    throw new GatewayError('feature_not_allowed', `actor ${ctx.actor?.id} has no access to feature ${ctx.feature}; ask an administrator to grant a limit for it`);
+  }
+  return limit;
+}
+
+function requireProvider(gateway: Gateway, route: RouteAdapter): ProviderConfig {
+  const provider = gateway.config.providers[route.provider];
+  if (provider.apiKey === null) {
+    throw new GatewayError('provider_disabled', `the ${route.provider} provider is disabled on this gateway; set LLM_PROXY_${route.provider.toUpperCase()}_API_KEY to enable it`);
+  }
+  return provider;
+}
+
+function checkModel(ctx: RequestContext, provider: ProviderConfig): void {
+  const model = ctx.prepared?.model as string;
+  if (!isModelAllowed(model, provider.name, provider.allowedModels, ctx.limit?.allowedModels ?? [])) {
+    throw new GatewayError('model_not_allowed', `model ${JSON.stringify(model)} is not allowed for feature ${ctx.feature}`, { param: 'model' });
+  }
+}
+
+/**
+ * Takes one unit for request quotas. Token budgets (embeddings) take nothing here and are charged
+ * the provider-reported tokens afterwards, so they admit while any budget is left.
+ */
+async function admit(gateway: Gateway, ctx: RequestContext): Promise<void> {
+  const limit = ctx.limit!;
+  const cost = ctx.feature === 'embeddings' ? 0 : 1;
+  const key = { actorId: ctx.actor!.id, feature: ctx.feature as Feature };
+  const admission = await gateway.limiter.acquire(key, limit.limit, limit.intervalSeconds * 1000, cost);
+  const resetSeconds = Math.max(0, Math.ceil((admission.resetAt - Date.now()) / 1000));
+  const headers = {
+    'x-ratelimit-limit': String(admission.limit),
+    'x-ratelimit-remaining': String(Math.max(0, admission.remaining)),
+    'x-ratelimit-reset': String(resetSeconds),
+  };
+  if (!admission.allowed) {
+    throw new GatewayError('rate_limited', `rate limit exceeded for feature ${ctx.feature}: ${admission.limit} ${cost === 0 ? 'tokens' : 'requests'} per ${limit.intervalSeconds} seconds; retry after ${Math.max(1, resetSeconds)} seconds`, {
+      headers: { ...headers, 'retry-after': String(Math.max(1, resetSeconds)) },
+    });
+  }
+  ctx.admitted = true;
+  ctx.admittedCost = cost;
+  for (const [name, value] of Object.entries(headers)) ctx.res.setHeader(name, value);
+}
+
+async function forward(gateway: Gateway, ctx: RequestContext, provider: ProviderConfig, signal: AbortSignal): Promise<void> {
+  const prepared = ctx.prepared!;
+  ctx.tap = ctx.route.createTap(prepared);
+  const headers = upstreamRequestHeaders(ctx.req.headers, provider, prepared.stream, prepared.body.length);
+  ctx.upstreamStartedAt = performance.now();
+  const response = await request(provider.baseUrl + ctx.route.upstreamPath, {
+    method: 'POST',
+    headers,
+    body: prepared.body,
+    signal,
+    dispatcher: gateway.dispatcher,
+  });
+  ctx.upstreamHeadersAt = performance.now();
+  ctx.upstreamStatus = response.statusCode;
+  const body = response.body as unknown as Readable;
+  const status = response.statusCode;
+
+  if (status < 200 || status >= 300) {
+    await relayUpstreamError(gateway, ctx, provider, status, response.headers, body);
+    ctx.upstreamEndedAt = performance.now();
+    return;
+  }
+
+  const decoded = decodeBody(body, response.headers['content-encoding']);
+  if (decoded === undefined) {
+    body.resume();
+    throw new GatewayError('upstream_unreachable', `the ${provider.name} provider answered with an unsupported content encoding`);
+  }
+  const out = clientResponseHeaders(response.headers, ctx.requestId);
+  const contentType = String(response.headers['content-type'] ?? '');
+  ctx.status = status;
+
+  if (contentType.includes('text/event-stream')) {
+    out['cache-control'] = 'no-cache';
+    out['x-accel-buffering'] = 'no';
+    for (const name of ['x-ratelimit-limit', 'x-ratelimit-remaining', 'x-ratelimit-reset']) out[name] = ctx.res.getHeader(name);
+    ctx.res.writeHead(status, out);
+    ctx.res.flushHeaders();
+    await relayStream(ctx, decoded);
+  } else {
+    const payload = await readAll(decoded);
+    ctx.tap.jsonBody(payload);
+    out['content-length'] = payload.length;
+    ctx.res.writeHead(status, out);
+    ctx.res.end(payload);
+  }
+  ctx.upstreamEndedAt = performance.now();
+}
+
+/** Forwards each upstream chunk as it arrives, through the route's usage tap. */
+async function relayStream(ctx: RequestContext, body: Readable): Promise<void> {
+  const tap = ctx.tap!;
+  try {
+    for await (const chunk of body) {
+      const forwardBytes = tap.streamChunk(chunk as Buffer);
+      if (forwardBytes !== undefined && forwardBytes.length > 0) await writeChunk(ctx, forwardBytes);
+    }
+  } catch (error) {
+    const rest = tap.streamEnd();
+    if (rest !== undefined && !ctx.clientAborted) ctx.res.write(rest);
+    throw error;
+  }
+  const rest = tap.streamEnd();
+  if (rest !== undefined) ctx.res.write(rest);
+  ctx.res.end();
+}
+
+function isCode(error: unknown, ...codes: string[]): boolean {
+  const code = (error as { code?: string } | null)?.code;
+  return typeof code === 'string' && codes.includes(code);
+}
+
+/** Maps a failure to the outcome and, when nothing was written yet, an error response. */
+function handleFailure(gateway: Gateway, ctx: RequestContext, error: unknown): void {
+  const started = ctx.res.headersSent;
+  if (ctx.clientAborted || error instanceof ClientClosedError || (error as Error)?.name === 'AbortError' || isCode(error, 'UND_ERR_ABORTED')) {
+    ctx.clientAborted = true;
+    ctx.outcome = 'client_aborted';
+    ctx.status = 499;
+    return;
+  }
+  if (started) {
+    // The response is under way, so the status cannot change. Destroying the socket makes the
+    // client see an incomplete response instead of a clean end it could mistake for success.
+    ctx.outcome = isCode(error, 'UND_ERR_BODY_TIMEOUT') ? 'timeout' : 'upstream_error';
+    ctx.streamFailure = ctx.outcome === 'timeout' ? 'timeout' : 'reset';
+    gateway.logger.warn({ requestId: ctx.requestId, err: error }, 'upstream stream failed after the response started');
+    ctx.res.destroy();
+    return;
+  }
+  let failure: GatewayError;
+  if (error instanceof GatewayError) {
+    failure = error;
+  } else if (isCode(error, 'UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_CONNECT_TIMEOUT')) {
+    failure = new GatewayError('upstream_timeout', `the ${ctx.route.provider} provider sent no response within ${gateway.config.upstreamTimeoutMs} ms (LLM_PROXY_UPSTREAM_TIMEOUT)`);
+  } else if (ctx.upstreamStartedAt !== null && ctx.upstreamStatus === null) {
+    failure = new GatewayError('upstream_unreachable', `the ${ctx.route.provider} provider could not be reached or closed the connection (${(error as { code?: string })?.code ?? 'network error'}); retry later`);
+    gateway.logger.warn({ requestId: ctx.requestId, err: error }, 'upstream request failed');
+  } else if (ctx.upstreamStatus !== null && isCode(error, 'UND_ERR_BODY_TIMEOUT')) {
+    failure = new GatewayError('upstream_timeout', `the ${ctx.route.provider} provider stopped sending its response for longer than ${gateway.config.streamIdleTimeoutMs} ms`);
+  } else if (ctx.upstreamStatus !== null) {
+    failure = new GatewayError('upstream_unreachable', `the connection to the ${ctx.route.provider} provider broke while reading its response; retry later`);
+  } else {
+    failure = toGatewayError(error);
+    gateway.logger.error({ requestId: ctx.requestId, err: error }, 'unexpected error while handling a request');
+  }
+  ctx.error = failure;
+  ctx.status = failure.status;
+  if (ctx.upstreamStartedAt === null) ctx.outcome = 'rejected';
+  else if (failure.code === 'upstream_timeout') ctx.outcome = 'timeout';
+  else ctx.outcome = 'upstream_error';
+  sendError(ctx.res, ctx.route.errorShape, failure, ctx.requestId);
+}
+

@@ -1,0 +1,43 @@
+import type { Feature } from '../actors/types.ts';
+import type { ProviderName } from '../config/config.ts';
+import type { ErrorShape } from '../errors/shapes.ts';
+import type { UsageMeter } from '../usage/meter.ts';
+
+/** A validated client request, ready to forward. */
+export interface PreparedRequest {
+  model: string;
+  stream: boolean;
+  /** Bytes to send upstream: the client's own bytes unless the gateway had to change the body. */
+  body: Buffer;
+  promptChars: number;
+  /** The prompt text, for a local token estimate when the provider reports no input tokens. */
+  promptText: () => string;
+  /** OpenAI streams: the gateway added `stream_options.include_usage`, so it must hide the result. */
+  injectedUsage: boolean;
+}
+
+/**
+ * Reads usage out of a response on its way to the client. For streams it sees each upstream chunk
+ * and returns the bytes to forward, which are the chunk itself unless the route rewrites events.
+ */
+export interface ResponseTap {
+  readonly meter: UsageMeter;
+  streamChunk(chunk: Buffer): Buffer | undefined;
+  /** Returns bytes still owed to the client when the upstream stream ends. */
+  streamEnd(): Buffer | undefined;
+  jsonBody(body: Buffer): void;
+}
+
+/** What one route contributes to the shared request pipeline. */
+export interface RouteAdapter {
+  /** Stable route name used in logs and usage events, such as `anthropic.messages`. */
+  id: string;
+  provider: ProviderName;
+  errorShape: ErrorShape;
+  defaultFeature: Feature;
+  /** Appended to the provider's base URL. */
+  upstreamPath: string;
+  /** Validates the parsed body and throws GatewayError(invalid_request) when it cannot be forwarded. */
+  prepare(json: Record<string, unknown>, raw: Buffer): PreparedRequest;
+  createTap(request: PreparedRequest): ResponseTap;
+}

@@ -1,0 +1,21 @@
+import type { Agent } from 'undici';
+import type { ActorResolver } from '../actors/resolver.ts';
+import type { Config } from '../config/config.ts';
+import type { Limiter } from '../limits/limiter.ts';
+import type { Logger } from '../logging/logger.ts';
+import type { Store } from '../storage/store.ts';
+import type { UsageRecorder } from '../usage/recorder.ts';
+
+/** The long-lived parts every request handler uses. Built once at start-up. */
+export interface Gateway {
+  config: Config;
+  logger: Logger;
+  store: Store;
+  limiter: Limiter;
+  resolver: ActorResolver;
+  recorder: UsageRecorder;
+  dispatcher: Agent;
+  version: string;
+  /** Usage settlements still running; shutdown waits for them before the last flush. */
+  settling: Set<Promise<void>>;
+}

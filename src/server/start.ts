@@ -1,0 +1,138 @@
+import { readFileSync } from 'node:fs';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { DestinationStream } from 'pino';
+import { Agent } from 'undici';
+import { ActorResolver } from '../actors/resolver.ts';
+import type { Config } from '../config/config.ts';
+import { MemoryLimiter } from '../limits/memory.ts';
+import type { Limiter } from '../limits/limiter.ts';
+import { createLogger } from '../logging/logger.ts';
+import { openSqliteStore } from '../storage/sqlite.ts';
+import type { Store } from '../storage/store.ts';
+import { UsageRecorder } from '../usage/recorder.ts';
+import { loadTokenizer } from '../usage/tokenizer.ts';
+import type { Gateway } from './gateway.ts';
+import { sendJson } from './respond.ts';
+import { dispatch } from './routes.ts';
+
+export interface StartOptions {
+  /** Log destination; standard output when absent. */
+  logDestination?: DestinationStream;
+  /** Install SIGTERM and SIGINT handlers that shut down gracefully. Default true. */
+  handleSignals?: boolean;
+  store?: Store;
+  limiter?: Limiter;
+}
+
+export interface RunningGateway {
+  gateway: Gateway;
+  server: Server;
+  /** Base URL, such as http://127.0.0.1:9992. */
+  url: string;
+  port: number;
+  /** Stops accepting connections, lets in-flight requests finish within the grace period, flushes usage events. */
+  close(): Promise<void>;
+  /** Resolves once the gateway has shut down. */
+  closed: Promise<void>;
+}
+
+function readVersion(): string {
+  try {
+    const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version?: string };
+    return pkg.version ?? 'unknown';
+  } catch {
+    return 'unknown';
+  }
+}
+
+export async function startGateway(config: Config, options: StartOptions = {}): Promise<RunningGateway> {
+  const logger = createLogger(config.logLevel, options.logDestination);
+  const store = options.store ?? openSqliteStore(config.dataDir);
+  const limiter = options.limiter ?? new MemoryLimiter();
+  const resolver = new ActorResolver(store, logger, { allowAnonymous: config.allowAnonymous, anonymousLimits: config.anonymousLimits });
+  await resolver.start();
+  const recorder = new UsageRecorder(store, logger, config.usageFlushIntervalMs);
+  const dispatcher = new Agent({
+    headersTimeout: config.upstreamTimeoutMs,
+    bodyTimeout: config.streamIdleTimeoutMs,
+    keepAliveTimeout: 30_000,
+  });
+  const gateway: Gateway = { config, logger, store, limiter, resolver, recorder, dispatcher, version: readVersion(), settling: new Set() };
+
+  const server = createServer({ noDelay: true, keepAliveTimeout: 65_000 }, (req, res) => {
+    dispatch(gateway, req, res).catch((error: unknown) => {
+      logger.error({ err: error, url: req.url }, 'unhandled error in request handler');
+      if (!res.headersSent) sendJson(res, 500, { error: { message: 'internal error', type: 'server_error', param: null, code: 'internal_error' } });
+      else res.destroy();
+    });
+  });
+  server.on('clientError', (error, socket) => {
+    logger.debug({ err: error }, 'malformed HTTP request');
+    if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
+    else socket.destroy();
+  });
+
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(config.port, config.host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  const port = (server.address() as AddressInfo).port;
+  const host = config.host.includes(':') ? `[${config.host}]` : config.host;
+  const url = `http://${host === '0.0.0.0' || host === '[::]' ? '127.0.0.1' : host}:${port}`;
+  for (const provider of Object.values(config.providers)) {
+    if (provider.apiKey === null) logger.warn({ provider: provider.name }, `provider ${provider.name} is disabled: set LLM_PROXY_${provider.name.toUpperCase()}_API_KEY to enable it`);
+    else logger.info({ provider: provider.name, baseUrl: provider.baseUrl }, `provider ${provider.name} enabled`);
+  }
+  logger.info({ url, dataDir: config.dataDir, admin: config.adminToken !== null, anonymous: config.allowAnonymous }, 'gateway listening');
+  loadTokenizer().catch((error: unknown) => logger.error({ err: error }, 'failed to load the tokenizer used for token estimates'));
+
+  let resolveClosed!: () => void;
+  const closed = new Promise<void>((resolve) => {
+    resolveClosed = resolve;
+  });
+  let closing: Promise<void> | undefined;
+  const close = (): Promise<void> => {
+    closing ??= (async () => {
+      logger.info({ graceMs: config.shutdownGraceMs }, 'shutting down: no new connections, waiting for in-flight requests');
+      const drained = new Promise<void>((resolve) => server.close(() => resolve()));
+      server.closeIdleConnections();
+      let timer: NodeJS.Timeout | undefined;
+      const grace = new Promise<'timeout'>((resolve) => {
+        timer = setTimeout(() => resolve('timeout'), config.shutdownGraceMs);
+      });
+      const result = await Promise.race([drained, grace]);
+      clearTimeout(timer);
+      if (result === 'timeout') {
+        logger.warn('grace period over, closing the remaining connections');
+        server.closeAllConnections();
+        await drained;
+      }
+      // Requests cut off above settle their usage events asynchronously; wait for them.
+      await new Promise((resolve) => setImmediate(resolve));
+      await Promise.allSettled([...gateway.settling]);
+      await recorder.close();
+      resolver.close();
+      await limiter.close();
+      await dispatcher.close().catch(() => undefined);
+      await store.close();
+      logger.info('gateway stopped');
+      resolveClosed();
+    })();
+    return closing;
+  };
+
+  if (options.handleSignals ?? true) {
+    const onSignal = (signal: NodeJS.Signals) => {
+      logger.info({ signal }, 'received shutdown signal');
+      void close();
+    };
+    process.once('SIGTERM', onSignal);
+    process.once('SIGINT', onSignal);
+  }
+
+  return { gateway, server, url, port, close, closed };
+}
