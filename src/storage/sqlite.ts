@@ -1,0 +1,482 @@
+import { randomBytes } from 'node:crypto';
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
+import type { Actor, ActorPatch, FeatureLimits, NewActor, TokenRecord } from '../actors/types.ts';
+import type { UsageEvent, UsageQuery } from '../usage/event.ts';
+import type { Store, TokenLookup } from './store.ts';
+
+/** File name of the database inside the data directory. */
+export const DATABASE_FILE_NAME = 'llm-proxy.db';
+
+export const MAX_ACTOR_NAME_LENGTH = 200;
+
+/** Returns the database path for a data directory, without touching the file system. */
+export function databasePath(dataDir: string): string {
+  return join(dataDir, DATABASE_FILE_NAME);
+}
+
+/**
+ * Trims an actor name and returns it. Throws RangeError when the name is empty or longer
+ * than MAX_ACTOR_NAME_LENGTH characters.
+ */
+export function validateActorName(name: string): string {
+  const trimmed = name.trim();
+  if (trimmed === '') {
+    throw new RangeError(`invalid actor name: the name is empty; expected 1 to ${MAX_ACTOR_NAME_LENGTH} characters`);
+  }
+  if (trimmed.length > MAX_ACTOR_NAME_LENGTH) {
+    throw new RangeError(`invalid actor name: the name is ${trimmed.length} characters long; expected at most ${MAX_ACTOR_NAME_LENGTH}`);
+  }
+  return trimmed;
+}
+
+interface Migration {
+  version: number;
+  description: string;
+  sql: string;
+}
+
+/**
+ * Schema changes in order. Each runs once, inside the transaction that records its version in
+ * `schema_migrations`. Append new versions and never edit an applied one.
+ */
+const MIGRATIONS: Migration[] = [
+  {
+    version: 1,
+    description: 'actors, tokens and usage events',
+    sql: `
+      CREATE TABLE actors (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        enabled INTEGER NOT NULL DEFAULT 1,
+        limits TEXT NOT NULL DEFAULT '{}',
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+      );
+
+      CREATE TABLE tokens (
+        id TEXT PRIMARY KEY,
+        actor_id TEXT NOT NULL REFERENCES actors(id) ON DELETE CASCADE,
+        token_hash TEXT NOT NULL UNIQUE,
+        hint TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        expires_at TEXT,
+        revoked_at TEXT
+      );
+      CREATE INDEX tokens_actor_id ON tokens (actor_id);
+
+      CREATE TABLE usage_events (
+        id TEXT PRIMARY KEY,
+        timestamp TEXT NOT NULL,
+        request_id TEXT NOT NULL,
+        actor_id TEXT NOT NULL,
+        actor_name TEXT NOT NULL,
+        feature TEXT,
+        provider TEXT,
+        route TEXT NOT NULL,
+        requested_model TEXT,
+        upstream_model TEXT,
+        stream INTEGER NOT NULL,
+        upstream_status INTEGER,
+        status INTEGER NOT NULL,
+        outcome TEXT NOT NULL,
+        error_code TEXT,
+        input_tokens INTEGER,
+        output_tokens INTEGER,
+        cache_creation_input_tokens INTEGER,
+        cache_read_input_tokens INTEGER,
+        reasoning_tokens INTEGER,
+        tokens_estimated INTEGER NOT NULL,
+        duration_ms REAL NOT NULL,
+        upstream_ttfb_ms REAL,
+        upstream_duration_ms REAL,
+        overhead_ms REAL,
+        prompt_chars INTEGER,
+        completion_chars INTEGER,
+        client_ip TEXT,
+        user_agent TEXT,
+        sg_actor_uid TEXT,
+        sg_actor_anonymous_uid TEXT
+      );
+      CREATE INDEX usage_events_actor_timestamp ON usage_events (actor_id, timestamp);
+      CREATE INDEX usage_events_timestamp ON usage_events (timestamp);
+    `,
+  },
+];
+
+/** UsageEvent fields and their columns. Boolean fields are stored as 0 or 1. */
+const EVENT_COLUMNS = [
+  ['id', 'id'],
+  ['timestamp', 'timestamp'],
+  ['requestId', 'request_id'],
+  ['actorId', 'actor_id'],
+  ['actorName', 'actor_name'],
+  ['feature', 'feature'],
+  ['provider', 'provider'],
+  ['route', 'route'],
+  ['requestedModel', 'requested_model'],
+  ['upstreamModel', 'upstream_model'],
+  ['stream', 'stream'],
+  ['upstreamStatus', 'upstream_status'],
+  ['status', 'status'],
+  ['outcome', 'outcome'],
+  ['errorCode', 'error_code'],
+  ['inputTokens', 'input_tokens'],
+  ['outputTokens', 'output_tokens'],
+  ['cacheCreationInputTokens', 'cache_creation_input_tokens'],
+  ['cacheReadInputTokens', 'cache_read_input_tokens'],
+  ['reasoningTokens', 'reasoning_tokens'],
+  ['tokensEstimated', 'tokens_estimated'],
+  ['durationMs', 'duration_ms'],
+  ['upstreamTtfbMs', 'upstream_ttfb_ms'],
+  ['upstreamDurationMs', 'upstream_duration_ms'],
+  ['overheadMs', 'overhead_ms'],
+  ['promptChars', 'prompt_chars'],
+  ['completionChars', 'completion_chars'],
+  ['clientIp', 'client_ip'],
+  ['userAgent', 'user_agent'],
+  ['sgActorUid', 'sg_actor_uid'],
+  ['sgActorAnonymousUid', 'sg_actor_anonymous_uid'],
+] as const satisfies ReadonlyArray<readonly [keyof UsageEvent, string]>;
+
+const BOOLEAN_EVENT_FIELDS = new Set<keyof UsageEvent>(['stream', 'tokensEstimated']);
+
+interface ActorRow {
+  id: string;
+  name: string;
+  enabled: number;
+  limits: string;
+  created_at: string;
+  updated_at: string;
+}
+
+interface TokenRow {
+  id: string;
+  actor_id: string;
+  hint: string;
+  created_at: string;
+  expires_at: string | null;
+  revoked_at: string | null;
+}
+
+type EventRow = Record<string, string | number | null>;
+
+function newId(prefix: string): string {
+  return prefix + randomBytes(8).toString('hex');
+}
+
+function toActor(row: ActorRow): Actor {
+  return {
+    id: row.id,
+    name: row.name,
+    enabled: row.enabled === 1,
+    limits: JSON.parse(row.limits) as FeatureLimits,
+    createdAt: row.created_at,
+    updatedAt: row.updated_at,
+  };
+}
+
+function toTokenRecord(row: TokenRow): TokenRecord {
+  return {
+    id: row.id,
+    actorId: row.actor_id,
+    hint: row.hint,
+    createdAt: row.created_at,
+    expiresAt: row.expires_at,
+    revokedAt: row.revoked_at,
+  };
+}
+
+function toEventRow(event: UsageEvent): EventRow {
+  const row: EventRow = {};
+  for (const [field, column] of EVENT_COLUMNS) {
+    const value = event[field];
+    if (BOOLEAN_EVENT_FIELDS.has(field)) row[column] = value ? 1 : 0;
+    else row[column] = (value ?? null) as string | number | null;
+  }
+  return row;
+}
+
+function toEvent(row: EventRow): UsageEvent {
+  const event: Record<string, unknown> = {};
+  for (const [field, column] of EVENT_COLUMNS) {
+    event[field] = BOOLEAN_EVENT_FIELDS.has(field) ? row[column] === 1 : row[column];
+  }
+  return event as unknown as UsageEvent;
+}
+
+/**
+ * The embedded Store: one better-sqlite3 connection to one database file. Every method runs
+ * synchronously on the calling thread and returns a settled promise.
+ */
+export class SqliteStore implements Store {
+  readonly path: string;
+  private readonly db: Database.Database;
+  /** Bumped by this connection's own writes to actors and tokens. */
+  private localVersion = 0;
+  /** The `PRAGMA data_version` value seen by the last changeVersion call. */
+  private lastDataVersion: number;
+
+  private readonly statements: {
+    insertActor: Database.Statement;
+    selectActor: Database.Statement;
+    selectActors: Database.Statement;
+    updateActor: Database.Statement;
+    deleteActor: Database.Statement;
+    insertToken: Database.Statement;
+    selectToken: Database.Statement;
+    revokeToken: Database.Statement;
+    selectTokensOfActor: Database.Statement;
+    selectTokenByHash: Database.Statement;
+    insertEvent: Database.Statement;
+  };
+
+  /** Opens or creates the database file at `path`. The parent directory must exist. */
+  constructor(path: string) {
+    this.path = path;
+    this.db = new Database(path);
+    try {
+      this.db.pragma('journal_mode = WAL');
+      this.db.pragma('busy_timeout = 5000');
+      this.db.pragma('synchronous = NORMAL');
+      this.db.pragma('foreign_keys = ON');
+      this.migrate();
+    } catch (error) {
+      this.db.close();
+      throw error;
+    }
+
+    const columns = EVENT_COLUMNS.map(([, column]) => column);
+    this.statements = {
+      insertActor: this.db.prepare(
+        'INSERT INTO actors (id, name, enabled, limits, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)',
+      ),
+      selectActor: this.db.prepare('SELECT * FROM actors WHERE id = ?'),
+      selectActors: this.db.prepare('SELECT * FROM actors ORDER BY created_at, rowid'),
+      updateActor: this.db.prepare('UPDATE actors SET name = ?, enabled = ?, limits = ?, updated_at = ? WHERE id = ?'),
+      deleteActor: this.db.prepare('DELETE FROM actors WHERE id = ?'),
+      insertToken: this.db.prepare(
+        'INSERT INTO tokens (id, actor_id, token_hash, hint, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)',
+      ),
+      selectToken: this.db.prepare('SELECT * FROM tokens WHERE id = ?'),
+      revokeToken: this.db.prepare('UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL'),
+      selectTokensOfActor: this.db.prepare('SELECT * FROM tokens WHERE actor_id = ? ORDER BY created_at, rowid'),
+      selectTokenByHash: this.db.prepare('SELECT * FROM tokens WHERE token_hash = ?'),
+      // A retried batch skips the events it already stored instead of failing on the primary key.
+      insertEvent: this.db.prepare(
+        `INSERT INTO usage_events (${columns.join(', ')}) VALUES (${columns.map((column) => `@${column}`).join(', ')})
+         ON CONFLICT (id) DO NOTHING`,
+      ),
+    };
+    this.lastDataVersion = this.readDataVersion();
+  }
+
+  /** Applies the migrations newer than the recorded schema version, in one immediate transaction. */
+  private migrate(): void {
+    this.db.exec(`CREATE TABLE IF NOT EXISTS schema_migrations (
+      version INTEGER PRIMARY KEY,
+      description TEXT NOT NULL,
+      applied_at TEXT NOT NULL
+    )`);
+    // IMMEDIATE takes the write lock before reading the version, so two processes that start
+    // together cannot both apply the same migration.
+    const applyPending = this.db.transaction(() => {
+      const row = this.db.prepare('SELECT MAX(version) AS version FROM schema_migrations').get() as { version: number | null };
+      const current = row.version ?? 0;
+      const latest = MIGRATIONS[MIGRATIONS.length - 1].version;
+      if (current > latest) {
+        throw new Error(
+          `database ${this.path} has schema version ${current}, newer than the ${latest} this llm-proxy supports; upgrade llm-proxy`,
+        );
+      }
+      const record = this.db.prepare('INSERT INTO schema_migrations (version, description, applied_at) VALUES (?, ?, ?)');
+      for (const migration of MIGRATIONS) {
+        if (migration.version <= current) continue;
+        this.db.exec(migration.sql);
+        record.run(migration.version, migration.description, new Date().toISOString());
+      }
+    });
+    applyPending.immediate();
+  }
+
+  /** Returns the versions recorded in `schema_migrations`, in ascending order. */
+  appliedMigrations(): number[] {
+    const rows = this.db.prepare('SELECT version FROM schema_migrations ORDER BY version').all() as { version: number }[];
+    return rows.map((row) => row.version);
+  }
+
+  private readDataVersion(): number {
+    return this.db.pragma('data_version', { simple: true }) as number;
+  }
+
+  private getActorSync(id: string): Actor | undefined {
+    const row = this.statements.selectActor.get(id) as ActorRow | undefined;
+    return row === undefined ? undefined : toActor(row);
+  }
+
+  async createActor(input: NewActor): Promise<Actor> {
+    const now = new Date().toISOString();
+    const actor: Actor = {
+      id: newId('act_'),
+      name: validateActorName(input.name),
+      enabled: input.enabled ?? true,
+      limits: input.limits ?? {},
+      createdAt: now,
+      updatedAt: now,
+    };
+    this.statements.insertActor.run(actor.id, actor.name, actor.enabled ? 1 : 0, JSON.stringify(actor.limits), now, now);
+    this.localVersion++;
+    return actor;
+  }
+
+  async getActor(id: string): Promise<Actor | undefined> {
+    return this.getActorSync(id);
+  }
+
+  async listActors(): Promise<Actor[]> {
+    return (this.statements.selectActors.all() as ActorRow[]).map(toActor);
+  }
+
+  async updateActor(id: string, patch: ActorPatch): Promise<Actor | undefined> {
+    const name = patch.name === undefined ? undefined : validateActorName(patch.name);
+    const update = this.db.transaction((): Actor | undefined => {
+      const current = this.getActorSync(id);
+      if (current === undefined) return undefined;
+      const next: Actor = {
+        ...current,
+        name: name ?? current.name,
+        enabled: patch.enabled ?? current.enabled,
+        limits: patch.limits ?? current.limits,
+        updatedAt: new Date().toISOString(),
+      };
+      this.statements.updateActor.run(next.name, next.enabled ? 1 : 0, JSON.stringify(next.limits), next.updatedAt, id);
+      return next;
+    });
+    const updated = update.immediate();
+    if (updated !== undefined) this.localVersion++;
+    return updated;
+  }
+
+  async deleteActor(id: string): Promise<boolean> {
+    const deleted = this.statements.deleteActor.run(id).changes > 0;
+    if (deleted) this.localVersion++;
+    return deleted;
+  }
+
+  /** Throws when the actor does not exist or when the hash is already stored. */
+  async createToken(actorId: string, tokenHash: string, hint: string, expiresAt: string | null): Promise<TokenRecord> {
+    const record: TokenRecord = {
+      id: newId('tok_'),
+      actorId,
+      hint,
+      createdAt: new Date().toISOString(),
+      expiresAt,
+      revokedAt: null,
+    };
+    const insert = this.db.transaction(() => {
+      if (this.getActorSync(actorId) === undefined) {
+        throw new Error(`actor ${actorId} not found`);
+      }
+      this.statements.insertToken.run(record.id, actorId, tokenHash, hint, record.createdAt, expiresAt);
+    });
+    insert.immediate();
+    this.localVersion++;
+    return record;
+  }
+
+  /**
+   * Sets `revokedAt` to now and returns the token. A token that is already revoked keeps its
+   * original `revokedAt`. Returns undefined when no token has this id.
+   */
+  async revokeToken(id: string): Promise<TokenRecord | undefined> {
+    const changes = this.statements.revokeToken.run(new Date().toISOString(), id).changes;
+    if (changes > 0) this.localVersion++;
+    const row = this.statements.selectToken.get(id) as TokenRow | undefined;
+    return row === undefined ? undefined : toTokenRecord(row);
+  }
+
+  /** Returns the actor's tokens, oldest first, including revoked and expired ones. */
+  async listTokens(actorId: string): Promise<TokenRecord[]> {
+    return (this.statements.selectTokensOfActor.all(actorId) as TokenRow[]).map(toTokenRecord);
+  }
+
+  /** Returns revoked and expired tokens too, so that the caller can report why a token fails. */
+  async findToken(tokenHash: string): Promise<TokenLookup | undefined> {
+    const row = this.statements.selectTokenByHash.get(tokenHash) as TokenRow | undefined;
+    if (row === undefined) return undefined;
+    const actor = this.getActorSync(row.actor_id);
+    // Deleting an actor deletes its tokens, so an orphaned token exists only if foreign keys were off.
+    if (actor === undefined) return undefined;
+    return { token: toTokenRecord(row), actor };
+  }
+
+  /**
+   * Returns a number that changes when another connection (another process, or another
+   * SqliteStore on the same file) has committed any write, and when this store has written to
+   * actors or tokens. Compare it for equality only, because it is not ordered.
+   *
+   * The cross-connection part comes from `PRAGMA data_version`, which SQLite changes on every
+   * commit by another connection, to any table. So a second gateway that writes usage events
+   * changes it as well, and caches keyed on it are dropped more often than strictly needed.
+   * SQLite does not change `data_version` for this connection's own commits, which is why
+   * this store also counts its own writes to actors and tokens.
+   */
+  async changeVersion(): Promise<number> {
+    const dataVersion = this.readDataVersion();
+    if (dataVersion !== this.lastDataVersion) {
+      this.lastDataVersion = dataVersion;
+      this.localVersion++;
+    }
+    return this.localVersion;
+  }
+
+  /** Inserts the batch in one transaction. Events whose id is already stored are skipped. */
+  async insertEvents(events: UsageEvent[]): Promise<void> {
+    if (events.length === 0) return;
+    const insertAll = this.db.transaction((batch: UsageEvent[]) => {
+      for (const event of batch) this.statements.insertEvent.run(toEventRow(event));
+    });
+    insertAll(events);
+  }
+
+  /**
+   * Returns at most `limit` events, newest first. `since` is compared as text, which orders
+   * correctly only for timestamps in the same format, such as Date.prototype.toISOString.
+   */
+  async queryEvents(query: UsageQuery): Promise<UsageEvent[]> {
+    if (!Number.isInteger(query.limit) || query.limit < 1) {
+      throw new RangeError(`invalid usage query limit ${query.limit}; expected a whole number of at least 1`);
+    }
+    const conditions: string[] = [];
+    const parameters: (string | number)[] = [];
+    if (query.actorId !== undefined) {
+      conditions.push('actor_id = ?');
+      parameters.push(query.actorId);
+    }
+    if (query.since !== undefined) {
+      conditions.push('timestamp >= ?');
+      parameters.push(query.since);
+    }
+    const where = conditions.length === 0 ? '' : `WHERE ${conditions.join(' AND ')}`;
+    const sql = `SELECT * FROM usage_events ${where} ORDER BY timestamp DESC, rowid DESC LIMIT ?`;
+    const rows = this.db.prepare(sql).all(...parameters, query.limit) as EventRow[];
+    return rows.map(toEvent);
+  }
+
+  /** Throws when the connection is closed or the database cannot be read. */
+  async ping(): Promise<void> {
+    this.db.prepare('SELECT 1').get();
+  }
+
+  /** Closes the connection. Calling it again does nothing. */
+  async close(): Promise<void> {
+    if (this.db.open) this.db.close();
+  }
+}
+
+/** Opens `<dataDir>/llm-proxy.db`, creating the directory and the database when missing. */
+export function openSqliteStore(dataDir: string): SqliteStore {
+  mkdirSync(dataDir, { recursive: true });
+  return new SqliteStore(databasePath(dataDir));
+}
