@@ -12,6 +12,14 @@ export interface FeatureLimit {
   intervalSeconds: number;
   /** Model names, with or without a `provider/` prefix; `*` grants every model the provider allows. */
   allowedModels: string[];
+  /** Maximum requests in flight at once for this feature; unlimited when absent. */
+  concurrency?: number;
+  /** Completion features: tokens (input plus output) per interval; unlimited when absent. */
+  tokenLimit?: number;
+  /** Completion features: input tokens per interval. */
+  inputTokenLimit?: number;
+  /** Completion features: output tokens per interval. */
+  outputTokenLimit?: number;
 }
 
 export type FeatureLimits = Partial<Record<Feature, FeatureLimit>>;

@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
-import { FEATURES, isFeature, type FeatureLimits } from '../actors/types.ts';
+import { FEATURES, isFeature, type FeatureLimit, type FeatureLimits } from '../actors/types.ts';
 import { parseDuration } from './duration.ts';
 
 export type ProviderName = 'anthropic' | 'openai';
@@ -32,6 +32,8 @@ export interface Config {
   shutdownGraceMs: number;
   usageFlushIntervalMs: number;
   trustProxy: boolean;
+  /** Output tokens reserved against token budgets when a request sets no `max_tokens`. */
+  tokenReservationDefault: number;
   providers: Record<ProviderName, ProviderConfig>;
 }
 
@@ -154,6 +156,9 @@ const modelList: Parser = (raw, setting) => {
 
 const limits: Parser = (raw, setting) => parseFeatureLimits(raw, setting);
 
+const OPTIONAL_LIMIT_FIELDS = ['concurrency', 'tokenLimit', 'inputTokenLimit', 'outputTokenLimit'] as const;
+const KNOWN_LIMIT_FIELDS = new Set(['limit', 'interval', 'intervalSeconds', 'allowedModels', ...OPTIONAL_LIMIT_FIELDS]);
+
 /**
  * Validates `{<feature>: {limit, interval, allowedModels}}` as used by the config file and the
  * admin API. Throws ConfigError naming the first invalid field.
@@ -175,7 +180,20 @@ export function parseFeatureLimits(raw: unknown, setting: string): FeatureLimits
     const limit = integer(0, Number.MAX_SAFE_INTEGER)(entry.limit, `${where}.limit`) as number;
     const intervalMs = duration(1000)(entry.interval ?? entry.intervalSeconds, `${where}.interval`) as number;
     const models = entry.allowedModels === undefined ? ['*'] : (modelList(entry.allowedModels, `${where}.allowedModels`) as string[]);
-    result[feature] = { limit, intervalSeconds: Math.round(intervalMs / 1000), allowedModels: models };
+    const parsed: FeatureLimit = { limit, intervalSeconds: Math.round(intervalMs / 1000), allowedModels: models };
+    for (const field of OPTIONAL_LIMIT_FIELDS) {
+      const value = entry[field];
+      if (value === undefined || value === null) continue;
+      if (feature === 'embeddings' && field !== 'concurrency') {
+        throw new ConfigError(`${where}.${field}`, 'embeddings limits are already counted in tokens', 'only limit, interval, allowedModels and concurrency for embeddings');
+      }
+      parsed[field] = integer(1, Number.MAX_SAFE_INTEGER)(value, `${where}.${field}`) as number;
+    }
+    const unknownField = Object.keys(entry).find((key) => !KNOWN_LIMIT_FIELDS.has(key));
+    if (unknownField !== undefined) {
+      throw new ConfigError(`${where}.${unknownField}`, 'unknown field', `one of ${[...KNOWN_LIMIT_FIELDS].join(', ')}`);
+    }
+    result[feature] = parsed;
   }
   return result;
 }
@@ -201,6 +219,7 @@ export const SETTINGS: Setting[] = [
   { env: 'LLM_PROXY_SHUTDOWN_GRACE', key: 'shutdownGrace', defaultValue: 30_000, parse: duration(0) },
   { env: 'LLM_PROXY_USAGE_FLUSH_INTERVAL', key: 'usageFlushInterval', defaultValue: 1000, parse: duration(10) },
   { env: 'LLM_PROXY_TRUST_PROXY', key: 'trustProxy', defaultValue: false, parse: boolean },
+  { env: 'LLM_PROXY_TOKEN_RESERVATION_DEFAULT', key: 'tokenReservationDefault', defaultValue: 4096, parse: integer(0, 10_000_000) },
   { env: 'LLM_PROXY_ANTHROPIC_API_KEY', key: 'providers.anthropic.apiKey', defaultValue: null, parse: secret },
   { env: 'LLM_PROXY_ANTHROPIC_BASE_URL', key: 'providers.anthropic.baseUrl', defaultValue: 'https://api.anthropic.com', parse: url },
   { env: 'LLM_PROXY_ANTHROPIC_ALLOWED_MODELS', key: 'providers.anthropic.allowedModels', defaultValue: ['*'], parse: modelList },
@@ -309,6 +328,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, configPath?: st
     shutdownGraceMs: get('shutdownGrace'),
     usageFlushIntervalMs: get('usageFlushInterval'),
     trustProxy: get('trustProxy'),
+    tokenReservationDefault: get('tokenReservationDefault'),
     providers: { anthropic: provider('anthropic'), openai: provider('openai') },
   };
 }

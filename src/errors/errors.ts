@@ -17,6 +17,7 @@ export const ERROR_CODES = {
   method_not_allowed: 405,
   body_too_large: 413,
   rate_limited: 429,
+  concurrency_limited: 429,
   internal_error: 500,
   upstream_unreachable: 502,
   provider_disabled: 503,

@@ -1,18 +1,64 @@
 import type { Feature } from '../actors/types.ts';
 
-/** Identifies one quota counter: an actor's use of one feature. */
+/** What a counter measures within one actor's feature quota. */
+export type Counter = 'requests' | 'tokens' | 'input_tokens' | 'output_tokens';
+
+/** Identifies one quota counter: an actor's use of one feature, in one unit. */
 export interface LimitKey {
   actorId: string;
   feature: Feature;
+  counter: Counter;
 }
 
-export interface Admission {
-  allowed: boolean;
+/** One counter to check and charge as part of an admission. */
+export interface QuotaCheck {
+  key: LimitKey;
   limit: number;
-  /** Units left in the current window after this admission (0 when rejected). */
+  intervalMs: number;
+  /** Units to take now: 1 for a request, the reservation for a token budget, 0 to only check. */
+  cost: number;
+  /**
+   * `fit`: admit only when `used + cost <= limit`. `remaining`: admit while `used < limit` and
+   * take `cost` even past the limit, so the overshoot is at most one request's reservation.
+   */
+  mode: 'fit' | 'remaining';
+}
+
+/** An in-flight slot, held from admission until the request ends. */
+export interface LeaseRequest {
+  actorId: string;
+  feature: Feature;
+  /** Unique per request. */
+  id: string;
+  max: number;
+  /** A lease not released within this time frees itself (a crashed replica's leases). */
+  ttlMs: number;
+}
+
+export interface CounterState {
+  key: LimitKey;
+  limit: number;
+  /** Units left after this admission (never below 0). */
   remaining: number;
-  /** Epoch milliseconds at which the current window ends. */
+  /** Epoch milliseconds at which the window ends. */
   resetAt: number;
+}
+
+export interface AdmitResult {
+  allowed: boolean;
+  /** One entry per check, in order; on rejection, the state without this request's cost. */
+  counters: CounterState[];
+  /** On rejection: which check failed (its index), or `concurrency`. */
+  rejectedBy?: number | 'concurrency';
+  /** In-flight requests of the actor's feature, this one included when admitted. */
+  inFlight?: number;
+}
+
+export interface Adjustment {
+  key: LimitKey;
+  /** Positive adds units, negative gives back; a counter never drops below 0. */
+  delta: number;
+  intervalMs: number;
 }
 
 export interface WindowUsage {
@@ -22,18 +68,16 @@ export interface WindowUsage {
 }
 
 /**
- * Fixed-window quota counters. A window starts at the first admitted unit and lasts `intervalMs`;
- * later requests never extend it. Implementations must make `acquire` atomic: two concurrent
- * callers can never both take the last unit.
+ * Fixed-window quota counters and in-flight leases. A window starts at its first charged unit and
+ * lasts `intervalMs`; later requests never extend it. `admit` is atomic and all-or-nothing: either
+ * every check passes and all are charged (and the lease taken), or nothing changes.
  */
 export interface Limiter {
-  /**
-   * Admits the request when `used + cost <= limit` and adds `cost`. With cost 0 (token budgets
-   * whose real cost is known only after the response), admits while `used < limit`.
-   */
-  acquire(key: LimitKey, limit: number, intervalMs: number, cost: number): Promise<Admission>;
-  /** Adds (positive) or gives back (negative) units in the current window; never below 0. */
-  adjust(key: LimitKey, delta: number, intervalMs: number): Promise<void>;
+  admit(checks: QuotaCheck[], lease?: LeaseRequest): Promise<AdmitResult>;
+  /** Settles reservations and refunds, and releases the lease, after the request ended. */
+  settle(adjustments: Adjustment[], lease?: { actorId: string; feature: Feature; id: string }): Promise<void>;
+  /** Extends a held lease by its TTL; long streams renew their lease while they run. */
+  renewLease(lease: LeaseRequest): Promise<void>;
   usage(key: LimitKey): Promise<WindowUsage>;
   close(): Promise<void>;
 }

@@ -3,6 +3,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { performance } from 'node:perf_hooks';
 import type { Actor, Feature, FeatureLimit } from '../actors/types.ts';
 import type { GatewayError } from '../errors/errors.ts';
+import type { Reservation } from '../limits/admission.ts';
 import type { PreparedRequest, ResponseTap, RouteAdapter } from '../providers/types.ts';
 import type { Outcome, UsageEvent } from '../usage/event.ts';
 
@@ -20,9 +21,9 @@ export class RequestContext {
   actor: Actor | undefined;
   feature: Feature | null = null;
   limit: FeatureLimit | undefined;
-  /** Units taken from the quota at admission, given back if the request fails. */
-  admittedCost = 0;
-  admitted = false;
+  /** What admission charged; settled to real usage when the request ends. */
+  reservation: Reservation | undefined;
+  leaseTimer: NodeJS.Timeout | undefined;
   prepared: PreparedRequest | undefined;
   tap: ResponseTap | undefined;
   upstreamStartedAt: number | null = null;

@@ -1,4 +1,4 @@
-import type { Feature } from '../actors/types.ts';
+import { settleReservation } from '../limits/admission.ts';
 import type { Gateway } from '../server/gateway.ts';
 import { countTokens } from '../usage/tokenizer.ts';
 import type { UsageEvent } from '../usage/event.ts';
@@ -65,27 +65,30 @@ async function fillTokens(ctx: RequestContext, event: UsageEvent): Promise<void>
   event.tokensEstimated = estimated;
 }
 
+/**
+ * Settles what admission charged. A request unit is given back when the provider did not deliver:
+ * no 2xx answer, or a stream that failed or timed out. A client that aborted keeps its charge,
+ * because the provider ran. Token budgets are charged what the provider reported.
+ */
 async function settleQuota(gateway: Gateway, ctx: RequestContext, event: UsageEvent): Promise<void> {
-  if (!ctx.admitted || ctx.limit === undefined) return;
-  const key = { actorId: ctx.actor!.id, feature: ctx.feature as Feature };
-  const intervalMs = ctx.limit.intervalSeconds * 1000;
-  if (ctx.admittedCost === 0) {
-    // Token budgets are charged what the provider billed, even for a client that went away.
-    const meter = ctx.tap?.meter;
-    const tokens = meter?.totalTokens ?? event.inputTokens ?? 0;
-    if (ctx.upstreamStatus !== null && ctx.upstreamStatus < 300 && tokens > 0) {
-      await gateway.limiter.adjust(key, tokens, intervalMs);
-    }
-    return;
-  }
-  // A request unit is given back when the provider did not deliver: no 2xx answer, or a stream
-  // that failed or timed out. A client that aborted keeps its charge, because the provider ran.
+  clearInterval(ctx.leaseTimer);
+  const reservation = ctx.reservation;
+  if (reservation === undefined) return;
   const delivered = ctx.upstreamStatus !== null && ctx.upstreamStatus < 300;
-  if (!delivered && ctx.outcome !== 'client_aborted') {
-    await gateway.limiter.adjust(key, -ctx.admittedCost, intervalMs);
-  } else if (delivered && (event.outcome === 'upstream_error' || event.outcome === 'timeout')) {
-    await gateway.limiter.adjust(key, -ctx.admittedCost, intervalMs);
-  }
+  const failed = event.outcome === 'upstream_error' || event.outcome === 'timeout' || event.outcome === 'rejected';
+  const refundRequest = (!delivered && event.outcome !== 'client_aborted') || (delivered && failed);
+  const meter = ctx.tap?.meter;
+  let inputTokens = event.inputTokens ?? 0;
+  if (ctx.route.provider === 'anthropic') inputTokens += (event.cacheCreationInputTokens ?? 0) + (event.cacheReadInputTokens ?? 0);
+  if (ctx.feature === 'embeddings') inputTokens = meter?.totalTokens ?? inputTokens;
+  const adjustments = settleReservation(reservation, {
+    delivered,
+    refundRequest,
+    inputTokens: delivered ? inputTokens : 0,
+    outputTokens: delivered ? (event.outputTokens ?? 0) : 0,
+  });
+  const lease = reservation.lease;
+  await gateway.limiter.settle(adjustments, lease === undefined ? undefined : { actorId: lease.actorId, feature: lease.feature, id: lease.id });
 }
 
 function logCompletion(gateway: Gateway, event: UsageEvent): void {

@@ -5,6 +5,8 @@ import { request } from 'undici';
 import { isFeature, type Feature } from '../actors/types.ts';
 import type { ProviderConfig } from '../config/config.ts';
 import { GatewayError } from '../errors/errors.ts';
+import { buildReservation, LEASE_RENEW_MS } from '../limits/admission.ts';
+import type { CounterState } from '../limits/limiter.ts';
 import { isModelAllowed } from '../limits/models.ts';
 import type { RouteAdapter } from '../providers/types.ts';
 import { ClientClosedError, parseJsonObject, readBody } from '../server/body.ts';
@@ -99,28 +101,54 @@ function checkModel(ctx: RequestContext, provider: ProviderConfig): void {
 }
 
 /**
- * Takes one unit for request quotas. Token budgets (embeddings) take nothing here and are charged
- * the provider-reported tokens afterwards, so they admit while any budget is left.
+ * Checks and charges every quota of the feature in one atomic step: the request quota, token
+ * budgets (a reservation settled to real usage later) and the concurrency lease.
  */
 async function admit(gateway: Gateway, ctx: RequestContext): Promise<void> {
   const limit = ctx.limit!;
-  const cost = ctx.feature === 'embeddings' ? 0 : 1;
-  const key = { actorId: ctx.actor!.id, feature: ctx.feature as Feature };
-  const admission = await gateway.limiter.acquire(key, limit.limit, limit.intervalSeconds * 1000, cost);
-  const resetSeconds = Math.max(0, Math.ceil((admission.resetAt - Date.now()) / 1000));
-  const headers = {
-    'x-ratelimit-limit': String(admission.limit),
-    'x-ratelimit-remaining': String(Math.max(0, admission.remaining)),
+  const reservation = buildReservation({
+    actorId: ctx.actor!.id,
+    feature: ctx.feature as Feature,
+    limit,
+    requestId: ctx.requestId,
+    promptChars: ctx.prepared!.promptChars,
+    maxOutputTokens: ctx.prepared!.maxOutputTokens,
+    defaultOutputReservation: gateway.config.tokenReservationDefault,
+  });
+  const result = await gateway.limiter.admit(reservation.checks, reservation.lease);
+  const primary = result.counters[0];
+  const resetSeconds = Math.max(0, Math.ceil((primary.resetAt - Date.now()) / 1000));
+  const headers: Record<string, string> = {
+    'x-ratelimit-limit': String(primary.limit),
+    'x-ratelimit-remaining': String(primary.remaining),
     'x-ratelimit-reset': String(resetSeconds),
   };
-  if (!admission.allowed) {
-    throw new GatewayError('rate_limited', `rate limit exceeded for feature ${ctx.feature}: ${admission.limit} ${cost === 0 ? 'tokens' : 'requests'} per ${limit.intervalSeconds} seconds; retry after ${Math.max(1, resetSeconds)} seconds`, {
-      headers: { ...headers, 'retry-after': String(Math.max(1, resetSeconds)) },
+  if (!result.allowed) {
+    throw rejection(ctx, result.rejectedBy, result.counters, headers, limit.concurrency);
+  }
+  ctx.reservation = reservation;
+  if (reservation.lease !== undefined) {
+    const lease = reservation.lease;
+    ctx.leaseTimer = setInterval(() => {
+      gateway.limiter.renewLease(lease).catch((error: unknown) => gateway.logger.warn({ err: error, requestId: ctx.requestId }, 'failed to renew a concurrency lease'));
+    }, LEASE_RENEW_MS);
+    ctx.leaseTimer.unref();
+  }
+  for (const [name, value] of Object.entries(headers)) ctx.res.setHeader(name, value);
+}
+
+function rejection(ctx: RequestContext, rejectedBy: number | 'concurrency' | undefined, counters: CounterState[], headers: Record<string, string>, concurrency: number | undefined): GatewayError {
+  if (rejectedBy === 'concurrency') {
+    return new GatewayError('concurrency_limited', `too many requests in flight for feature ${ctx.feature}: at most ${concurrency} at once; retry when one finishes`, {
+      headers: { 'retry-after': '1' },
     });
   }
-  ctx.admitted = true;
-  ctx.admittedCost = cost;
-  for (const [name, value] of Object.entries(headers)) ctx.res.setHeader(name, value);
+  const counter = counters[rejectedBy ?? 0];
+  const seconds = Math.max(1, Math.ceil((counter.resetAt - Date.now()) / 1000));
+  const unit = counter.key.counter === 'requests' ? 'requests' : counter.key.counter.replace('_', ' ');
+  return new GatewayError('rate_limited', `rate limit exceeded for feature ${ctx.feature}: ${counter.limit} ${unit} per window; retry after ${seconds} seconds`, {
+    headers: { ...headers, 'x-ratelimit-limit': String(counter.limit), 'x-ratelimit-remaining': '0', 'retry-after': String(seconds) },
+  });
 }
 
 async function forward(gateway: Gateway, ctx: RequestContext, provider: ProviderConfig, signal: AbortSignal): Promise<void> {
@@ -158,7 +186,6 @@ async function forward(gateway: Gateway, ctx: RequestContext, provider: Provider
   if (contentType.includes('text/event-stream')) {
     out['cache-control'] = 'no-cache';
     out['x-accel-buffering'] = 'no';
-    for (const name of ['x-ratelimit-limit', 'x-ratelimit-remaining', 'x-ratelimit-reset']) out[name] = ctx.res.getHeader(name);
     ctx.res.writeHead(status, out);
     ctx.res.flushHeaders();
     await relayStream(ctx, decoded);
@@ -201,7 +228,7 @@ function handleFailure(gateway: Gateway, ctx: RequestContext, error: unknown): v
   if (ctx.clientAborted || error instanceof ClientClosedError || (error as Error)?.name === 'AbortError' || isCode(error, 'UND_ERR_ABORTED')) {
     ctx.clientAborted = true;
     ctx.outcome = 'client_aborted';
-    ctx.status = 499;
+    if (!started) ctx.status = 499;
     return;
   }
   if (started) {

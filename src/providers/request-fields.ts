@@ -44,3 +44,12 @@ export function tryParseJson(text: string): unknown {
     return undefined;
   }
 }
+
+/** Reads the first of the given fields that holds a positive whole number. */
+export function readMaxTokens(json: Record<string, unknown>, ...fields: string[]): number | null {
+  for (const field of fields) {
+    const value = json[field];
+    if (typeof value === 'number' && Number.isInteger(value) && value > 0) return value;
+  }
+  return null;
+}

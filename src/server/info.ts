@@ -1,6 +1,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { FEATURES } from '../actors/types.ts';
 import { formatDuration } from '../config/duration.ts';
+import { primaryCounter } from '../limits/admission.ts';
 import { GatewayError } from '../errors/errors.ts';
 import type { Gateway } from './gateway.ts';
 import { listModels } from './models.ts';
@@ -30,7 +31,7 @@ export async function handleLimits(gateway: Gateway, req: IncomingMessage, res: 
   for (const feature of FEATURES) {
     const limit = actor.limits[feature];
     if (limit === undefined) continue;
-    const usage = await gateway.limiter.usage({ actorId: actor.id, feature });
+    const usage = await gateway.limiter.usage({ actorId: actor.id, feature, counter: primaryCounter(feature) });
     result[feature] = {
       limit: limit.limit,
       interval: formatDuration(limit.intervalSeconds),

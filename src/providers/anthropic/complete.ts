@@ -1,7 +1,7 @@
 import { GatewayError } from '../../errors/errors.ts';
 import { UsageMeter } from '../../usage/meter.ts';
 import { SseParser, type SseEvent } from '../../streaming/sse.ts';
-import { readStreamFlag, requireModel, tryParseJson } from '../request-fields.ts';
+import { readMaxTokens, readStreamFlag, requireModel, tryParseJson } from '../request-fields.ts';
 import type { PreparedRequest, ResponseTap, RouteAdapter } from '../types.ts';
 
 function prepare(json: Record<string, unknown>, raw: Buffer): PreparedRequest {
@@ -17,6 +17,7 @@ function prepare(json: Record<string, unknown>, raw: Buffer): PreparedRequest {
     promptChars: prompt.length,
     promptText: () => prompt,
     injectedUsage: false,
+    maxOutputTokens: readMaxTokens(json, 'max_tokens_to_sample'),
   };
 }
 

@@ -1,7 +1,7 @@
 import { GatewayError } from '../../errors/errors.ts';
 import { UsageMeter } from '../../usage/meter.ts';
 import { SseParser, type SseEvent } from '../../streaming/sse.ts';
-import { collectText, readStreamFlag, requireModel, textLength, tryParseJson } from '../request-fields.ts';
+import { collectText, readMaxTokens, readStreamFlag, requireModel, textLength, tryParseJson } from '../request-fields.ts';
 import type { PreparedRequest, ResponseTap, RouteAdapter } from '../types.ts';
 import { anthropicBlockText, applyAnthropicUsage } from './usage.ts';
 
@@ -20,6 +20,7 @@ function prepare(json: Record<string, unknown>, raw: Buffer): PreparedRequest {
     promptChars: textLength(parts),
     promptText: () => parts.join('\n'),
     injectedUsage: false,
+    maxOutputTokens: readMaxTokens(json, 'max_tokens'),
   };
 }
 

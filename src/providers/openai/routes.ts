@@ -1,5 +1,5 @@
 import { GatewayError } from '../../errors/errors.ts';
-import { collectText, readStreamFlag, requireModel, textLength } from '../request-fields.ts';
+import { collectText, readMaxTokens, readStreamFlag, requireModel, textLength } from '../request-fields.ts';
 import type { PreparedRequest, RouteAdapter } from '../types.ts';
 import { OpenAiTap } from './stream.ts';
 
@@ -27,7 +27,7 @@ function prepareChat(json: Record<string, unknown>, raw: Buffer): PreparedReques
   const parts: string[] = [];
   collectText(json.messages, parts);
   const { body, injected } = withStreamUsage(json, raw, stream);
-  return { model, stream, body, promptChars: textLength(parts), promptText: () => parts.join('\n'), injectedUsage: injected };
+  return { model, stream, body, promptChars: textLength(parts), promptText: () => parts.join('\n'), injectedUsage: injected, maxOutputTokens: readMaxTokens(json, 'max_completion_tokens', 'max_tokens') };
 }
 
 function prepareCompletion(json: Record<string, unknown>, raw: Buffer): PreparedRequest {
@@ -41,7 +41,7 @@ function prepareCompletion(json: Record<string, unknown>, raw: Buffer): Prepared
   collectText(prompt, parts);
   if (typeof json.suffix === 'string') parts.push(json.suffix);
   const { body, injected } = withStreamUsage(json, raw, stream);
-  return { model, stream, body, promptChars: textLength(parts), promptText: () => parts.join('\n'), injectedUsage: injected };
+  return { model, stream, body, promptChars: textLength(parts), promptText: () => parts.join('\n'), injectedUsage: injected, maxOutputTokens: readMaxTokens(json, 'max_completion_tokens', 'max_tokens') };
 }
 
 function prepareEmbeddings(json: Record<string, unknown>, raw: Buffer): PreparedRequest {
@@ -61,7 +61,7 @@ function prepareEmbeddings(json: Record<string, unknown>, raw: Buffer): Prepared
   }
   const parts: string[] = [];
   for (const item of inputs) if (typeof item === 'string') parts.push(item);
-  return { model, stream: false, body: raw, promptChars: textLength(parts), promptText: () => parts.join('\n'), injectedUsage: false };
+  return { model, stream: false, body: raw, promptChars: textLength(parts), promptText: () => parts.join('\n'), injectedUsage: false, maxOutputTokens: 0 };
 }
 
 export const openaiChat: RouteAdapter = {
