@@ -2,6 +2,8 @@ import type { IncomingHttpHeaders } from 'node:http';
 import { GatewayError } from '../errors/errors.ts';
 import type { Logger } from '../logging/logger.ts';
 import type { ActorStore, TokenLookup } from '../storage/store.ts';
+import type { ActorChange, ActorChangeBus } from './changes.ts';
+import type { RemoteActorSource, RemoteEntry } from './remote-source.ts';
 import { hashToken, looksLikeToken } from './tokens.ts';
 import type { Actor, FeatureLimits } from './types.ts';
 
@@ -13,32 +15,61 @@ export interface ResolvedActor {
 
 const MAX_CACHED = 50_000;
 const VERSION_POLL_MS = 1000;
+/** After a failed background refresh, the cached entry is served this long before the next try. */
+const REFRESH_RETRY_MS = 5000;
 
-type CacheEntry = TokenLookup | null;
+interface CacheEntry {
+  value: TokenLookup | null;
+  /** `local` entries live until a change drops them; `remote` ones until `freshUntil`. */
+  origin: 'local' | 'remote';
+  freshUntil: number;
+  refreshing: boolean;
+}
+
+export interface ResolverOptions {
+  allowAnonymous: boolean;
+  anonymousLimits: FeatureLimits;
+  remote?: RemoteActorSource;
+  /** How long a token found at the remote source is served before it is refreshed in the background. */
+  remoteTtlMs?: number;
+  /** How long a token the remote source does not know is remembered as unknown. */
+  remoteNegativeTtlMs?: number;
+  bus?: ActorChangeBus;
+}
 
 /**
- * Resolves credentials to actors. A token seen before is served from memory: no store query per
- * request. Entries are dropped when the admin API changes an actor or token, and the whole cache
- * when another process (the CLI) commits a change, detected by polling the store's change version.
- * Unknown tokens are cached too (as null), so guessing tokens does not cost a query each.
+ * Resolves credentials to actors. A token seen before is served from memory: no query per
+ * request. Local entries are dropped when an actor or token changes: at once for changes made
+ * through this process, through the change bus for other replicas, and by polling the store's
+ * change version for anything else (the CLI). Unknown tokens are cached too, so guessing tokens
+ * does not cost a query each.
+ *
+ * Tokens the local store does not know can come from a remote actor source. Those are cached with
+ * a TTL; a stale entry keeps serving while one background refresh runs, so an outage of the
+ * source never turns a cached valid token into a rejection.
  */
 export class ActorResolver {
   private readonly cache = new Map<string, CacheEntry>();
   private readonly anonymous: Actor | undefined;
   private version = -1;
   private readonly poller: NodeJS.Timeout;
+  private readonly remoteTtlMs: number;
+  private readonly remoteNegativeTtlMs: number;
 
   constructor(
     private readonly store: ActorStore,
     private readonly logger: Logger,
-    options: { allowAnonymous: boolean; anonymousLimits: FeatureLimits },
+    private readonly options: ResolverOptions,
   ) {
     if (options.allowAnonymous) {
       const epoch = new Date(0).toISOString();
       this.anonymous = { id: 'anonymous', name: 'anonymous', enabled: true, limits: options.anonymousLimits, createdAt: epoch, updatedAt: epoch };
     }
+    this.remoteTtlMs = options.remoteTtlMs ?? 5 * 60_000;
+    this.remoteNegativeTtlMs = options.remoteNegativeTtlMs ?? 30_000;
     this.poller = setInterval(() => void this.pollVersion(), VERSION_POLL_MS);
     this.poller.unref();
+    options.bus?.subscribe((change) => this.applyChange(change));
   }
 
   async start(): Promise<void> {
@@ -50,7 +81,7 @@ export class ActorResolver {
       const version = await this.store.changeVersion();
       if (version !== this.version) {
         this.version = version;
-        this.cache.clear();
+        this.dropWhere((entry) => entry.origin === 'local');
       }
     } catch (error) {
       this.logger.warn({ err: error }, 'failed to poll the actor store for changes');
@@ -83,14 +114,9 @@ export class ActorResolver {
       throw new GatewayError('invalid_token', 'the access token is not a valid LLM Proxy token; tokens start with "llmp_"');
     }
     const hash = hashToken(token);
-    let entry = this.cache.get(hash);
-    if (entry === undefined) {
-      entry = (await this.store.findToken(hash)) ?? null;
-      if (this.cache.size >= MAX_CACHED) this.cache.delete(this.cache.keys().next().value as string);
-      this.cache.set(hash, entry);
-    }
-    if (entry === null) throw new GatewayError('invalid_token', 'the access token is not known to this gateway');
-    const { token: record, actor } = entry;
+    const value = await this.lookup(hash);
+    if (value === null) throw new GatewayError('invalid_token', 'the access token is not known to this gateway');
+    const { token: record, actor } = value;
     if (record.revokedAt !== null) throw new GatewayError('token_revoked', 'the access token was revoked; ask an administrator for a new one');
     if (record.expiresAt !== null && Date.parse(record.expiresAt) <= Date.now()) {
       throw new GatewayError('token_expired', `the access token expired at ${record.expiresAt}; ask an administrator for a new one`);
@@ -99,18 +125,98 @@ export class ActorResolver {
     return { actor, tokenId: record.id };
   }
 
+  private async lookup(hash: string): Promise<TokenLookup | null> {
+    const now = Date.now();
+    const cached = this.cache.get(hash);
+    if (cached !== undefined) {
+      if (cached.origin === 'local' || cached.freshUntil > now) return cached.value;
+      if (cached.value !== null) {
+        this.refreshInBackground(hash, cached);
+        return cached.value;
+      }
+    }
+    const local = await this.store.findToken(hash);
+    if (local !== undefined || this.options.remote === undefined) {
+      this.remember(hash, { value: local ?? null, origin: 'local', freshUntil: Number.POSITIVE_INFINITY, refreshing: false });
+      return local ?? null;
+    }
+    let remote: TokenLookup | undefined;
+    try {
+      remote = await this.options.remote.lookup(hash);
+    } catch (error) {
+      this.logger.warn({ err: error }, 'actor source lookup failed');
+      throw new GatewayError('store_unavailable', 'the actor source that knows this token is unavailable; retry shortly', { cause: error });
+    }
+    this.rememberRemote(hash, remote ?? null);
+    return remote ?? null;
+  }
+
+  private rememberRemote(hash: string, value: TokenLookup | null): void {
+    const ttl = value === null ? this.remoteNegativeTtlMs : this.remoteTtlMs;
+    this.remember(hash, { value, origin: 'remote', freshUntil: Date.now() + ttl, refreshing: false });
+  }
+
+  private refreshInBackground(hash: string, entry: CacheEntry): void {
+    if (entry.refreshing || this.options.remote === undefined) return;
+    entry.refreshing = true;
+    this.options.remote.lookup(hash).then(
+      (value) => this.rememberRemote(hash, value ?? null),
+      (error: unknown) => {
+        this.logger.warn({ err: error }, 'actor source refresh failed, serving the cached entry');
+        entry.refreshing = false;
+        entry.freshUntil = Date.now() + REFRESH_RETRY_MS;
+      },
+    );
+  }
+
+  private remember(hash: string, entry: CacheEntry): void {
+    if (!this.cache.has(hash) && this.cache.size >= MAX_CACHED) this.cache.delete(this.cache.keys().next().value as string);
+    this.cache.set(hash, entry);
+  }
+
+  private dropWhere(predicate: (entry: CacheEntry) => boolean): void {
+    for (const [hash, entry] of this.cache) if (predicate(entry)) this.cache.delete(hash);
+  }
+
+  private applyChange(change: ActorChange): void {
+    if (change.actorId !== undefined) this.dropWhere((entry) => entry.value === null || entry.value.actor.id === change.actorId);
+    if (change.tokenId !== undefined) this.dropWhere((entry) => entry.value === null || entry.value.token.id === change.tokenId);
+    if (change.syncedTokenHashes !== undefined) this.evictUnlisted(new Set(change.syncedTokenHashes));
+  }
+
+  private evictUnlisted(listed: Set<string>): void {
+    for (const [hash, entry] of this.cache) {
+      if (entry.origin === 'remote' && entry.value !== null && !listed.has(hash)) this.cache.delete(hash);
+    }
+  }
+
   /** Drops every cached token of an actor, after the actor was updated, disabled or deleted. */
   invalidateActor(actorId: string): void {
-    for (const [hash, entry] of this.cache) {
-      if (entry === null || entry.actor.id === actorId) this.cache.delete(hash);
-    }
+    this.notify({ actorId });
   }
 
   /** Drops a cached token after it was revoked, and every cached unknown token after one was created. */
   invalidateToken(tokenId: string): void {
-    for (const [hash, entry] of this.cache) {
-      if (entry === null || entry.token.id === tokenId) this.cache.delete(hash);
+    this.notify({ tokenId });
+  }
+
+  private notify(change: ActorChange): void {
+    this.applyChange(change);
+    this.options.bus?.publish(change).catch((error: unknown) => this.logger.warn({ err: error }, 'failed to publish an actor change'));
+  }
+
+  /**
+   * Applies a full listing from the remote source: every listed token is cached fresh, and cached
+   * remote tokens missing from it are evicted, here and, through the change bus, on every replica.
+   */
+  applySync(entries: RemoteEntry[]): void {
+    const listed = new Set<string>();
+    for (const entry of entries) {
+      listed.add(entry.tokenHash);
+      this.rememberRemote(entry.tokenHash, entry.lookup);
     }
+    this.evictUnlisted(listed);
+    this.options.bus?.publish({ syncedTokenHashes: [...listed] }).catch((error: unknown) => this.logger.warn({ err: error }, 'failed to publish the actor sync'));
   }
 
   close(): void {

@@ -34,6 +34,28 @@ export interface Config {
   trustProxy: boolean;
   /** Output tokens reserved against token budgets when a request sets no `max_tokens`. */
   tokenReservationDefault: number;
+  redis: {
+    /** `redis://` or `rediss://` URL; the shared limiter and actor-change bus are on when set. */
+    url: string | null;
+    keyPrefix: string;
+    commandTimeoutMs: number;
+    /** `open` admits requests while Redis is down; `closed` rejects them with 503. */
+    failureMode: 'open' | 'closed';
+  };
+  /** `postgres://` URL; actors, tokens and usage events live in Postgres when set. */
+  databaseUrl: string | null;
+  /** Largest size of the on-disk spool that keeps usage events while the database is down. */
+  usageSpoolMaxBytes: number;
+  actorSource: {
+    /** Base URL of the remote actor source; off when null. */
+    url: string | null;
+    secret: string | null;
+    ttlMs: number;
+    negativeTtlMs: number;
+    /** Full sync period; 0 turns the periodic sync off. */
+    syncIntervalMs: number;
+    timeoutMs: number;
+  };
   providers: Record<ProviderName, ProviderConfig>;
 }
 
@@ -125,6 +147,34 @@ const url: Parser = (raw, setting) => {
   }
   return value.replace(/\/+$/, '');
 };
+
+function oneOf(values: string[]): Parser {
+  return (raw, setting) => {
+    const value = typeof raw === 'string' ? raw.trim().toLowerCase() : raw;
+    if (typeof value !== 'string' || !values.includes(value)) {
+      throw new ConfigError(setting, `got ${describe(raw)}`, `one of ${values.join(', ')}`);
+    }
+    return value;
+  };
+}
+
+function optionalUrl(protocols: string[], example: string): Parser {
+  return (raw, setting) => {
+    const value = optionalText(raw, setting) as string | null;
+    if (value === null) return null;
+    let parsed: URL | undefined;
+    try {
+      parsed = new URL(value);
+    } catch {
+      parsed = undefined;
+    }
+    if (parsed === undefined || !protocols.includes(parsed.protocol)) {
+      // The value can hold a password, so it is not repeated in the message.
+      throw new ConfigError(setting, 'the value is not a valid URL', `a URL such as ${example}`);
+    }
+    return value;
+  };
+}
 
 const secret: Parser = (raw, setting) => {
   const value = optionalText(raw, setting) as string | null;
@@ -220,6 +270,18 @@ export const SETTINGS: Setting[] = [
   { env: 'LLM_PROXY_USAGE_FLUSH_INTERVAL', key: 'usageFlushInterval', defaultValue: 1000, parse: duration(10) },
   { env: 'LLM_PROXY_TRUST_PROXY', key: 'trustProxy', defaultValue: false, parse: boolean },
   { env: 'LLM_PROXY_TOKEN_RESERVATION_DEFAULT', key: 'tokenReservationDefault', defaultValue: 4096, parse: integer(0, 10_000_000) },
+  { env: 'LLM_PROXY_REDIS_URL', key: 'redis.url', defaultValue: null, parse: optionalUrl(['redis:', 'rediss:'], 'redis://127.0.0.1:6379') },
+  { env: 'LLM_PROXY_REDIS_KEY_PREFIX', key: 'redis.keyPrefix', defaultValue: 'llmp:', parse: text },
+  { env: 'LLM_PROXY_REDIS_TIMEOUT', key: 'redis.timeout', defaultValue: 50, parse: duration(1) },
+  { env: 'LLM_PROXY_REDIS_FAILURE_MODE', key: 'redis.failureMode', defaultValue: 'open', parse: oneOf(['open', 'closed']) },
+  { env: 'LLM_PROXY_DATABASE_URL', key: 'databaseUrl', defaultValue: null, parse: optionalUrl(['postgres:', 'postgresql:'], 'postgres://user@127.0.0.1:5432/llm_proxy') },
+  { env: 'LLM_PROXY_USAGE_SPOOL_MAX_BYTES', key: 'usageSpoolMaxBytes', defaultValue: 1024 * 1024 * 1024, parse: integer(1024 * 1024, Number.MAX_SAFE_INTEGER) },
+  { env: 'LLM_PROXY_ACTOR_SOURCE_URL', key: 'actorSource.url', defaultValue: null, parse: optionalUrl(['http:', 'https:'], 'https://accounts.example.com/llm-proxy') },
+  { env: 'LLM_PROXY_ACTOR_SOURCE_SECRET', key: 'actorSource.secret', defaultValue: null, parse: secret },
+  { env: 'LLM_PROXY_ACTOR_SOURCE_TTL', key: 'actorSource.ttl', defaultValue: 300_000, parse: duration(1000) },
+  { env: 'LLM_PROXY_ACTOR_SOURCE_NEGATIVE_TTL', key: 'actorSource.negativeTtl', defaultValue: 30_000, parse: duration(0) },
+  { env: 'LLM_PROXY_ACTOR_SOURCE_SYNC_INTERVAL', key: 'actorSource.syncInterval', defaultValue: 120_000, parse: duration(0) },
+  { env: 'LLM_PROXY_ACTOR_SOURCE_TIMEOUT', key: 'actorSource.timeout', defaultValue: 5000, parse: duration(10) },
   { env: 'LLM_PROXY_ANTHROPIC_API_KEY', key: 'providers.anthropic.apiKey', defaultValue: null, parse: secret },
   { env: 'LLM_PROXY_ANTHROPIC_BASE_URL', key: 'providers.anthropic.baseUrl', defaultValue: 'https://api.anthropic.com', parse: url },
   { env: 'LLM_PROXY_ANTHROPIC_ALLOWED_MODELS', key: 'providers.anthropic.allowedModels', defaultValue: ['*'], parse: modelList },
@@ -329,6 +391,22 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, configPath?: st
     usageFlushIntervalMs: get('usageFlushInterval'),
     trustProxy: get('trustProxy'),
     tokenReservationDefault: get('tokenReservationDefault'),
+    redis: {
+      url: get('redis.url'),
+      keyPrefix: get('redis.keyPrefix'),
+      commandTimeoutMs: get('redis.timeout'),
+      failureMode: get('redis.failureMode'),
+    },
+    databaseUrl: get('databaseUrl'),
+    usageSpoolMaxBytes: get('usageSpoolMaxBytes'),
+    actorSource: {
+      url: get<string | null>('actorSource.url')?.replace(/\/+$/, '') ?? null,
+      secret: get('actorSource.secret'),
+      ttlMs: get('actorSource.ttl'),
+      negativeTtlMs: get('actorSource.negativeTtl'),
+      syncIntervalMs: get('actorSource.syncInterval'),
+      timeoutMs: get('actorSource.timeout'),
+    },
     providers: { anthropic: provider('anthropic'), openai: provider('openai') },
   };
 }
