@@ -61,10 +61,15 @@ export interface Config {
 
 /** A start-up configuration problem, reported as one line that names the setting. */
 export class ConfigError extends Error {
-  constructor(setting: string, problem: string, expected: string) {
-    super(`invalid setting ${setting}: ${problem}; expected ${expected}`);
+  constructor(readonly setting: string, readonly problem: string, readonly expected: string) {
+    super(`invalid setting ${printable(setting)}: ${problem}; expected ${expected}`);
     this.name = 'ConfigError';
   }
+}
+
+/** Quotes a name that holds control characters, so the error stays on one line. */
+function printable(name: string): string {
+  return /[\x00-\x1f\x7f]/.test(name) ? JSON.stringify(name) : name;
 }
 
 type Parser = (raw: unknown, setting: string) => unknown;
@@ -362,7 +367,12 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, configPath?: st
       }
       values.set(setting.key, setting.parse(raw, setting.env));
     } else if (fromFile !== undefined) {
-      values.set(setting.key, setting.parse(fromFile, `${setting.key} in ${path}`));
+      try {
+        values.set(setting.key, setting.parse(fromFile, setting.key));
+      } catch (error) {
+        if (error instanceof ConfigError) throw new ConfigError(`${error.setting} in ${path}`, error.problem, error.expected);
+        throw error;
+      }
     } else {
       values.set(setting.key, setting.defaultValue);
     }

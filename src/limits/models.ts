@@ -5,12 +5,15 @@ export function bareModel(model: string, provider: string): string {
   return lower.startsWith(prefix) ? lower.slice(prefix.length) : lower;
 }
 
+/** Only these prefixes name a provider; other slashes are part of a model name (`meta-llama/llama-3`). */
+const PROVIDER_PREFIXES = new Set(['anthropic', 'openai']);
+
 function listAllows(entries: readonly string[], provider: string, model: string): boolean {
   for (const entry of entries) {
     const lower = entry.toLowerCase();
     if (lower === '*' || lower === `${provider}/*`) return true;
     const slash = lower.indexOf('/');
-    if (slash === -1) {
+    if (slash === -1 || !PROVIDER_PREFIXES.has(lower.slice(0, slash))) {
       if (lower === model) return true;
     } else if (lower.slice(0, slash) === provider && lower.slice(slash + 1) === model) {
       return true;

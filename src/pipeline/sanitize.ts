@@ -21,5 +21,6 @@ export function sanitizeUpstreamText(text: string, provider: ProviderConfig): st
   result = result.replace(new RegExp(escapeRegExp(provider.baseUrl), 'g'), '[upstream]');
   result = result.replace(new RegExp(`https?://${escapeRegExp(base.host)}[^\\s"']*`, 'g'), '[upstream]');
   result = result.replace(new RegExp(escapeRegExp(base.host), 'g'), '[upstream]');
+  result = result.replace(new RegExp(escapeRegExp(base.hostname), 'g'), '[upstream]');
   return result;
 }

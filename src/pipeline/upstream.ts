@@ -128,6 +128,8 @@ export function retryAfterSeconds(value: string | string[] | undefined, now = Da
   const text = Array.isArray(value) ? value[0] : value;
   if (text === undefined || text.trim() === '') return undefined;
   if (/^\d+(\.\d+)?$/.test(text.trim())) return Math.max(0, Math.ceil(Number(text)));
+  // An HTTP date names the weekday; anything else (such as "-5") is not a date.
+  if (!/^[A-Za-z]{3},/.test(text.trim())) return undefined;
   const date = Date.parse(text);
   return Number.isNaN(date) ? undefined : Math.max(0, Math.ceil((date - now) / 1000));
 }

@@ -67,7 +67,7 @@ export function parseJsonObject(raw: Buffer): Record<string, unknown> {
     value = JSON.parse(raw.toString('utf8'));
   } catch (error) {
     // V8's message can quote part of the input, which may hold a secret, so only its kind is kept.
-    const reason = (error as Error).message.replace(/, ".*" is not valid JSON$/s, '');
+    const reason = (error as Error).message.replace(/, (?:\.\.\.)?".*$/s, '');
     throw new GatewayError('invalid_json', `request body is not valid JSON: ${reason}`);
   }
   if (value === null || typeof value !== 'object' || Array.isArray(value)) {

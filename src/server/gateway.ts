@@ -5,6 +5,7 @@ import type { Limiter } from '../limits/limiter.ts';
 import type { Logger } from '../logging/logger.ts';
 import type { Store } from '../storage/store.ts';
 import type { UsageRecorder } from '../usage/recorder.ts';
+import type { Dependency } from './health.ts';
 
 /** The long-lived parts every request handler uses. Built once at start-up. */
 export interface Gateway {
@@ -18,4 +19,6 @@ export interface Gateway {
   version: string;
   /** Usage settlements still running; shutdown waits for them before the last flush. */
   settling: Set<Promise<void>>;
+  /** What the health routes check. */
+  dependencies: Dependency[];
 }

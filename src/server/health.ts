@@ -2,31 +2,62 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Gateway } from './gateway.ts';
 import { sendJson } from './respond.ts';
 
-const HEALTH_TIMEOUT_MS = 2000;
+const CHECK_TIMEOUT_MS = 2000;
 
-/** Reports whether the store answers; 503 when it does not, so load balancers stop routing here. */
-export async function handleHealth(gateway: Gateway, _req: IncomingMessage, res: ServerResponse): Promise<void> {
-  let storeStatus = 'ok';
+/** Something the gateway depends on, checked by the health routes. */
+export interface Dependency {
+  name: string;
+  /** A required dependency that is down makes the replica not ready. */
+  required: boolean;
+  check(): Promise<void>;
+}
+
+async function runCheck(dependency: Dependency): Promise<string> {
   let timer: NodeJS.Timeout | undefined;
   try {
     await Promise.race([
-      gateway.store.ping(),
+      dependency.check(),
       new Promise((_, reject) => {
-        timer = setTimeout(() => reject(new Error(`no answer within ${HEALTH_TIMEOUT_MS} ms`)), HEALTH_TIMEOUT_MS);
+        timer = setTimeout(() => reject(new Error(`no answer within ${CHECK_TIMEOUT_MS} ms`)), CHECK_TIMEOUT_MS);
       }),
     ]);
+    return 'ok';
   } catch (error) {
-    storeStatus = `error: ${(error as Error).message}`;
-    gateway.logger.warn({ err: error }, 'health check failed: store unavailable');
+    return `error: ${(error as Error).message}`;
   } finally {
     clearTimeout(timer);
   }
-  const healthy = storeStatus === 'ok';
-  sendJson(res, healthy ? 200 : 503, {
-    status: healthy ? 'ok' : 'unavailable',
-    checks: { store: storeStatus },
+}
+
+async function checkAll(gateway: Gateway): Promise<{ checks: Record<string, string>; storeOk: boolean; requiredOk: boolean }> {
+  const results = await Promise.all(gateway.dependencies.map(runCheck));
+  const checks: Record<string, string> = {};
+  let storeOk = true;
+  let requiredOk = true;
+  gateway.dependencies.forEach((dependency, index) => {
+    checks[dependency.name] = results[index];
+    const ok = results[index] === 'ok';
+    if (!ok) gateway.logger.warn({ dependency: dependency.name, result: results[index] }, 'health check failed');
+    if (!ok && dependency.name === 'store') storeOk = false;
+    if (!ok && dependency.required) requiredOk = false;
+  });
+  return { checks, storeOk, requiredOk };
+}
+
+/** Reports every dependency; 503 when the store does not answer. */
+export async function handleHealth(gateway: Gateway, _req: IncomingMessage, res: ServerResponse): Promise<void> {
+  const { checks, storeOk } = await checkAll(gateway);
+  sendJson(res, storeOk ? 200 : 503, {
+    status: storeOk ? 'ok' : 'unavailable',
+    checks,
     pendingUsageEvents: gateway.recorder.pendingCount(),
   });
+}
+
+/** 503 while any dependency the configuration requires is down, so a load balancer routes elsewhere. */
+export async function handleReady(gateway: Gateway, _req: IncomingMessage, res: ServerResponse): Promise<void> {
+  const { checks, requiredOk } = await checkAll(gateway);
+  sendJson(res, requiredOk ? 200 : 503, { status: requiredOk ? 'ready' : 'not_ready', checks });
 }
 
 export function handleVersion(gateway: Gateway, _req: IncomingMessage, res: ServerResponse): void {

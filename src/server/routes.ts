@@ -8,7 +8,7 @@ import { anthropicMessages } from '../providers/anthropic/messages.ts';
 import { openaiChat, openaiCompletions, openaiEmbeddings } from '../providers/openai/routes.ts';
 import type { RouteAdapter } from '../providers/types.ts';
 import type { Gateway } from './gateway.ts';
-import { handleHealth, handleVersion } from './health.ts';
+import { handleHealth, handleReady, handleVersion } from './health.ts';
 import { handleLimits, handleModels } from './info.ts';
 import { sendError } from './respond.ts';
 
@@ -40,6 +40,7 @@ add('/v1/embeddings', 'POST', proxy(openaiEmbeddings), 'openai');
 add('/v1/models', 'GET', handleModels, 'openai');
 add('/v1/limits', 'GET', handleLimits, 'openai');
 add('/-/healthz', 'GET', handleHealth, 'openai');
+add('/-/readyz', 'GET', handleReady, 'openai');
 add('/-/__version', 'GET', handleVersion, 'openai');
 
 const ADMIN_PREFIX = '/-/admin/';

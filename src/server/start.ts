@@ -58,7 +58,7 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
     bodyTimeout: config.streamIdleTimeoutMs,
     keepAliveTimeout: 30_000,
   });
-  const gateway: Gateway = { config, logger, store, limiter, resolver, recorder, dispatcher, version: readVersion(), settling: new Set() };
+  const gateway: Gateway = { config, logger, store, limiter, resolver, recorder, dispatcher, version: readVersion(), settling: new Set(), dependencies: [{ name: 'store', required: true, check: () => store.ping() }] };
 
   const server = createServer({ noDelay: true, keepAliveTimeout: 65_000 }, (req, res) => {
     dispatch(gateway, req, res).catch((error: unknown) => {

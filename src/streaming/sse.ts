@@ -33,22 +33,32 @@ export class SseParser {
   end(): void {
     const rest = this.decoder.decode();
     if (rest !== '') this.feedText(rest);
+    if (this.pendingCr) this.completeCrLine('');
   }
 
   /** The unfinished event's text, for callers that must pass it on when the stream ends. */
   pendingRaw(): string {
-    return this.rawEvent + this.partialLine;
+    return this.rawEvent + this.partialLine + (this.pendingCr ? '\r' : '');
+  }
+
+  /**
+   * Finishes a line whose CR ended the previous chunk. Only the next chunk tells whether the CR
+   * stands alone or starts a CRLF, and the raw text must keep both bytes in the same event.
+   * Returns how many characters of `text` belong to the line ending.
+   */
+  private completeCrLine(text: string): number {
+    this.pendingCr = false;
+    const line = this.partialLine;
+    this.partialLine = '';
+    const crlf = text.charCodeAt(0) === 10;
+    if (this.keepRaw) this.rawEvent += line + (crlf ? '\r\n' : '\r');
+    this.handleLine(line);
+    return crlf ? 1 : 0;
   }
 
   private feedText(text: string): void {
-    let start = 0;
-    if (this.pendingCr) {
-      this.pendingCr = false;
-      if (text.charCodeAt(0) === 10) {
-        if (this.keepRaw) this.rawEvent += '\n';
-        start = 1;
-      }
-    }
+    if (text === '') return;
+    let start = this.pendingCr ? this.completeCrLine(text) : 0;
     const length = text.length;
     let index = start;
     while (index < length) {
@@ -64,11 +74,12 @@ export class SseParser {
       }
       let end = index + 1;
       if (code === 13) {
-        if (end < length) {
-          if (text.charCodeAt(end) === 10) end++;
-        } else {
+        if (end === length) {
+          this.partialLine = line;
           this.pendingCr = true;
+          return;
         }
+        if (text.charCodeAt(end) === 10) end++;
       }
       if (this.keepRaw) this.rawEvent += line + text.slice(index, end);
       this.handleLine(line);
