@@ -41,7 +41,8 @@ export function errorBody(shape: ErrorShape, error: GatewayError, requestId: str
   if (shape === 'anthropic') {
     return JSON.stringify({
       type: 'error',
-      error: { type: anthropicErrorType(error.status), message: error.message, code: error.code },
+      // The Anthropic SDK exposes `details.error_code` as `errorCode`.
+      error: { type: anthropicErrorType(error.status), message: error.message, code: error.code, details: { error_code: error.code } },
       request_id: requestId,
     });
   }

@@ -14,18 +14,25 @@ export interface ModelEntry {
 const CATALOG_TTL_MS = 5 * 60_000;
 /** A failed listing is retried after this long, not on every call. */
 const CATALOG_RETRY_MS = 30_000;
-const catalogs = new Map<ProviderName, { expiresAt: number; models: Promise<string[]> }>();
+type Catalogs = Map<ProviderName, { expiresAt: number; models: Promise<string[]> }>;
+/** Per running gateway, so two gateways in one process never share a provider's list. */
+const catalogsByGateway = new WeakMap<Gateway, Catalogs>();
 
 /** Fetches the provider's own model list, cached for five minutes; an empty list on failure. */
 function providerCatalog(gateway: Gateway, provider: ProviderConfig): Promise<string[]> {
+  let catalogs = catalogsByGateway.get(gateway);
+  if (catalogs === undefined) {
+    catalogs = new Map();
+    catalogsByGateway.set(gateway, catalogs);
+  }
   const cached = catalogs.get(provider.name);
   if (cached !== undefined && cached.expiresAt > Date.now()) return cached.models;
-  const models = fetchCatalog(gateway, provider);
+  const models = fetchCatalog(gateway, provider, catalogs);
   catalogs.set(provider.name, { expiresAt: Date.now() + CATALOG_TTL_MS, models });
   return models;
 }
 
-async function fetchCatalog(gateway: Gateway, provider: ProviderConfig): Promise<string[]> {
+async function fetchCatalog(gateway: Gateway, provider: ProviderConfig, catalogs: Catalogs): Promise<string[]> {
   const anthropic = provider.name === 'anthropic';
   const url = anthropic ? `${provider.baseUrl}/v1/models?limit=1000` : `${provider.baseUrl}/models`;
   const headers: Record<string, string> = anthropic

@@ -31,7 +31,7 @@ describe('errorBody anthropic', () => {
     const error = new GatewayError('rate_limited', 'rate limit exceeded; retry after 5 seconds');
     assert.deepEqual(JSON.parse(errorBody('anthropic', error, REQUEST_ID)), {
       type: 'error',
-      error: { type: 'rate_limit_error', message: 'rate limit exceeded; retry after 5 seconds', code: 'rate_limited' },
+      error: { type: 'rate_limit_error', message: 'rate limit exceeded; retry after 5 seconds', code: 'rate_limited', details: { error_code: 'rate_limited' } },
       request_id: REQUEST_ID,
     });
   });
