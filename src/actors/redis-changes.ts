@@ -8,6 +8,7 @@ import type { ActorChange, ActorChangeBus } from './changes.ts';
 const SUBSCRIBER_PING_MS = 10_000;
 /** A subscriber connection that returns nothing for this long after a PING is reconnected. */
 const SUBSCRIBER_SOCKET_TIMEOUT_MS = 5000;
+const CLOSE_TIMEOUT_MS = 1000;
 
 export interface RedisChangeBusOptions {
   url: string;
@@ -17,7 +18,7 @@ export interface RedisChangeBusOptions {
   logger: Logger;
 }
 
-/** What travels on the channel: the change and the bus instance that sent it. */
+/** Message on the channel: the change, and the id of the bus instance that sent it. */
 interface ChangeMessage {
   source: string;
   change: ActorChange;
@@ -28,8 +29,8 @@ interface ChangeMessage {
  * `{"source": <bus instance id>, "change": <ActorChange>}`; a bus skips its own messages, because
  * the replica that publishes a change has already applied it.
  *
- * Publishing uses a connection with a command timeout and no offline queue, so it never waits on
- * a dead Redis. Receiving uses a dedicated subscriber connection that reconnects with backoff and
+ * Publishing uses a connection with a command timeout and no offline queue, so it waits on a
+ * dead Redis for `commandTimeoutMs` at most. Receiving uses a dedicated subscriber connection that reconnects with backoff and
  * subscribes again after every reconnect. A failed publish is logged, never thrown.
  *
  * NOTE: pub/sub keeps no history. A replica whose subscriber is disconnected misses the changes
@@ -56,7 +57,7 @@ export class RedisChangeBus implements ActorChangeBus {
 
     const commandTimeoutMs = options.commandTimeoutMs ?? DEFAULT_COMMAND_TIMEOUT_MS;
     this.publisher = createRedisClient(options.url, { commandTimeoutMs, connectionName: 'llm-proxy-changes-publisher' });
-    this.publisher.on('error', (error: Error) => this.connectionWarning.warn({ err: error, connection: 'publisher' }, 'actor change bus connection to Redis failed; reconnecting'));
+    this.publisher.on('error', (error: Error) => this.connectionWarning.warn({ err: error, connection: 'publisher' }, 'actor change bus connection to Redis failed, reconnecting'));
 
     // The subscriber is off the request path, so its SUBSCRIBE may wait in the offline queue
     // until Redis is reachable instead of failing.
@@ -69,7 +70,7 @@ export class RedisChangeBus implements ActorChangeBus {
       connectionName: 'llm-proxy-changes-subscriber',
       maintNotifications: 'disabled',
     });
-    this.subscriber.on('error', (error: Error) => this.connectionWarning.warn({ err: error, connection: 'subscriber' }, 'actor change bus connection to Redis failed; reconnecting'));
+    this.subscriber.on('error', (error: Error) => this.connectionWarning.warn({ err: error, connection: 'subscriber' }, 'actor change bus connection to Redis failed, reconnecting'));
     this.subscriber.on('message', (channel: string, message: string) => {
       if (channel === this.channel) this.deliver(message);
     });
@@ -139,10 +140,10 @@ function isObject(value: unknown): value is Record<string, unknown> {
 }
 
 async function quitOrDisconnect(client: Redis): Promise<void> {
-  // QUIT waits for Redis; when it is down, or the quit times out, drop the connection instead.
+  // QUIT waits for a reply, which a dead Redis never sends, so after a deadline the connection is dropped.
   let timer: NodeJS.Timeout | undefined;
   const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error('QUIT timed out')), 1000);
+    timer = setTimeout(() => reject(new Error('QUIT timed out')), CLOSE_TIMEOUT_MS);
   });
   try {
     await Promise.race([client.quit(), timeout]);

@@ -23,9 +23,9 @@ export interface CircuitBreakerOptions {
 /**
  * Circuit breaker for calls to one dependency. After `failureThreshold` consecutive failures the
  * circuit opens and every call fails at once with `CircuitOpenError`. Once `resetTimeoutMs` has
- * passed, the next call runs as the only probe (half-open): its success closes the circuit, its
- * failure opens it for another `resetTimeoutMs`. The breaker sets no deadline of its own, so
- * the operation must be bounded (a Redis client with `commandTimeout`).
+ * passed, the next call runs as the only probe, in the half-open state. Its success closes the
+ * circuit, and its failure opens it for another `resetTimeoutMs`. The breaker sets no deadline of
+ * its own, so the operation must be bounded, for example by a Redis client's `commandTimeout`.
  */
 export class CircuitBreaker {
   private current: CircuitState = 'closed';

@@ -23,12 +23,12 @@
  * nothing. `settle`, `renewLease` and `usage` are one script each.
  */
 import { Redis } from 'ioredis';
+import type { Feature } from '../actors/types.ts';
 import { GatewayError } from '../errors/errors.ts';
 import type { Logger } from '../logging/logger.ts';
 import { CircuitBreaker, type CircuitState } from './breaker.ts';
 import type { Adjustment, AdmitResult, CounterState, LeaseRequest, LimitKey, Limiter, QuotaCheck, WindowUsage } from './limiter.ts';
 import { ADMIT_SCRIPT, RENEW_SCRIPT, SETTLE_SCRIPT, USAGE_SCRIPT } from './redis-scripts.ts';
-import type { Feature } from '../actors/types.ts';
 
 export const DEFAULT_COMMAND_TIMEOUT_MS = 50;
 /** Repeated warnings about the same failure are logged at most this often. */
@@ -37,19 +37,19 @@ const WARNING_INTERVAL_MS = 10_000;
 const CONNECT_TIMEOUT_MS = 2000;
 /**
  * A connection that delivers no byte for this long while commands wait is destroyed and
- * reconnected. Command timeouts alone keep a half-dead socket open forever.
+ * reconnected. Command timeouts alone leave a half-dead socket open until TCP gives up.
  */
 const SOCKET_TIMEOUT_MS = 5000;
 const MAX_RECONNECT_DELAY_MS = 2000;
 const UNAVAILABLE_MESSAGE = 'the rate limiter (Redis) is unavailable; retry shortly';
 
-/** Returns the delay before reconnect attempt `attempt` (from 1): doubling from 50 ms to 2 s, plus jitter. */
+/** Returns the delay in ms before reconnect attempt `attempt` (counted from 1), doubling from 50 ms up to 2 s, plus jitter. */
 export function reconnectDelay(attempt: number): number {
   return Math.min(50 * 2 ** (attempt - 1), MAX_RECONNECT_DELAY_MS) + Math.floor(Math.random() * 100);
 }
 
 /**
- * Creates a client for request-path commands: every command fails after `commandTimeoutMs`, and
+ * Creates a client for request-path commands. Every command fails after `commandTimeoutMs`, and
  * commands fail at once while the connection is down instead of waiting in a queue.
  */
 export function createRedisClient(url: string, options: { commandTimeoutMs: number; connectionName: string }): Redis {
@@ -61,12 +61,13 @@ export function createRedisClient(url: string, options: { commandTimeoutMs: numb
     socketTimeout: SOCKET_TIMEOUT_MS,
     retryStrategy: reconnectDelay,
     connectionName: options.connectionName,
-    // Maintenance notifications would relax command timeouts to 10 s during a server handoff.
+    // Maintenance notifications would relax command timeouts to 10 s during a server handoff
+    // (`maintRelaxedCommandTimeout` in ioredis 6.1).
     maintNotifications: 'disabled',
   });
 }
 
-/** Resolves once the client is connected; rejects after `timeoutMs` or when the client was closed. */
+/** Resolves once the client is connected. Rejects after `timeoutMs`, or at once when the client was closed. */
 export function waitForReady(client: Redis, timeoutMs: number): Promise<void> {
   if (client.status === 'ready') return Promise.resolve();
   if (client.status === 'end') return Promise.reject(new Error('the Redis client was closed'));
@@ -83,7 +84,7 @@ export function waitForReady(client: Redis, timeoutMs: number): Promise<void> {
   });
 }
 
-/** Logs a repeated warning at most once per interval, with the count of repeats left out since the last line. */
+/** Logger for a repeated warning: one line per interval at most, carrying the count of repeats left out since the last line. */
 export class ThrottledWarning {
   private lastAt = -Infinity;
   private suppressed = 0;
@@ -160,9 +161,13 @@ function defineScripts(client: Redis): Redis & LimiterScripts {
  * one timeout, and nothing once the circuit is open. Limits are enforced again as soon as a
  * probe succeeds, without a restart.
  *
+ * Costs, deltas, intervals and lease TTLs must be integers because INCRBY and PX take integers,
+ * so other values throw a RangeError before Redis is called.
+ *
  * NOTE: a script that timed out on the client may still run when a stalled Redis resumes. Its
  * charges then count although the request was admitted unchecked or rejected, and its lease is
- * held until its TTL. The breaker bounds this to about `failureThreshold` calls per stall.
+ * held until its TTL. The breaker bounds this to the 5 calls that open the circuit plus one probe
+ * per second of the stall. A 2.5 s SIGSTOP with an admit every 10 ms left 7 late charges.
  */
 export class RedisLimiter implements Limiter {
   private readonly client: Redis & LimiterScripts;
@@ -197,7 +202,7 @@ export class RedisLimiter implements Limiter {
       renewLease: new ThrottledWarning(this.logger),
       connection: new ThrottledWarning(this.logger),
     };
-    this.onConnectionError = (error) => this.warnings.connection.warn({ err: error }, 'Redis limiter connection failed; reconnecting');
+    this.onConnectionError = (error) => this.warnings.connection.warn({ err: error }, 'Redis limiter connection failed, reconnecting');
     this.client.on('error', this.onConnectionError);
     this.breaker = new CircuitBreaker({ name: 'redis-limiter', onStateChange: (state, previous) => this.logStateChange(state, previous) });
   }
@@ -264,7 +269,7 @@ export class RedisLimiter implements Limiter {
     }
   }
 
-  /** Reads one counter; throws `store_unavailable` when Redis fails. */
+  /** Reads one counter. Throws `store_unavailable` when Redis fails. */
   async usage(key: LimitKey): Promise<WindowUsage> {
     let reply: number[];
     try {
@@ -277,7 +282,7 @@ export class RedisLimiter implements Limiter {
     return { used, resetAt: resetAt < 0 ? undefined : resetAt };
   }
 
-  /** Sends PING, for health checks; bounded by the command timeout and not by the circuit. */
+  /** Sends PING for health checks. The command timeout bounds it, and the circuit breaker does not apply. */
   async ping(): Promise<void> {
     await this.client.ping();
   }
@@ -291,7 +296,7 @@ export class RedisLimiter implements Limiter {
     return { failOpenAdmissions: this.failOpenAdmissions, errors: this.errors, breakerOpen: this.breaker.state !== 'closed' };
   }
 
-  /** Closes the connection the limiter opened; a client given to the constructor stays open. */
+  /** Closes the connection the limiter opened. A client given to the constructor stays open. */
   async close(): Promise<void> {
     if (!this.ownsClient) {
       this.client.off('error', this.onConnectionError);
@@ -300,7 +305,7 @@ export class RedisLimiter implements Limiter {
     try {
       await this.client.quit();
     } catch {
-      // QUIT fails fast (command timeout) when Redis is down; drop the connection instead.
+      // QUIT fails within the command timeout when Redis is down, so the connection is dropped instead.
       this.client.disconnect();
     }
   }
@@ -330,7 +335,7 @@ export class RedisLimiter implements Limiter {
     if (state === 'open' && previous === 'closed') {
       this.logger.warn({ failureMode: this.failureMode }, 'Redis limiter circuit opened after consecutive failures; calls fail at once, with a probe every second');
     } else if (state === 'closed') {
-      this.logger.info('Redis limiter circuit closed: Redis answered again and limits are enforced');
+      this.logger.info('Redis limiter circuit closed: Redis responded to a probe, and limits are enforced again');
     }
   }
 }
