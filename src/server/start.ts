@@ -5,13 +5,12 @@ import type { DestinationStream } from 'pino';
 import { Agent } from 'undici';
 import { ActorResolver } from '../actors/resolver.ts';
 import type { Config } from '../config/config.ts';
-import { MemoryLimiter } from '../limits/memory.ts';
 import type { Limiter } from '../limits/limiter.ts';
 import { createLogger } from '../logging/logger.ts';
-import { openSqliteStore } from '../storage/sqlite.ts';
 import type { Store } from '../storage/store.ts';
 import { UsageRecorder } from '../usage/recorder.ts';
 import { loadTokenizer } from '../usage/tokenizer.ts';
+import { openBackends } from './backends.ts';
 import type { Gateway } from './gateway.ts';
 import { sendJson } from './respond.ts';
 import { dispatch } from './routes.ts';
@@ -48,17 +47,25 @@ function readVersion(): string {
 
 export async function startGateway(config: Config, options: StartOptions = {}): Promise<RunningGateway> {
   const logger = createLogger(config.logLevel, options.logDestination);
-  const store = options.store ?? openSqliteStore(config.dataDir);
-  const limiter = options.limiter ?? new MemoryLimiter();
-  const resolver = new ActorResolver(store, logger, { allowAnonymous: config.allowAnonymous, anonymousLimits: config.anonymousLimits });
-  await resolver.start();
-  const recorder = new UsageRecorder(store, logger, config.usageFlushIntervalMs);
   const dispatcher = new Agent({
     headersTimeout: config.upstreamTimeoutMs,
     bodyTimeout: config.streamIdleTimeoutMs,
     keepAliveTimeout: 30_000,
   });
-  const gateway: Gateway = { config, logger, store, limiter, resolver, recorder, dispatcher, version: readVersion(), settling: new Set(), dependencies: [{ name: 'store', required: true, check: () => store.ping() }] };
+  const backends = await openBackends(config, logger, dispatcher, { store: options.store, limiter: options.limiter });
+  const { store, limiter } = backends;
+  const resolver = new ActorResolver(store, logger, {
+    allowAnonymous: config.allowAnonymous,
+    anonymousLimits: config.anonymousLimits,
+    remote: backends.remote,
+    remoteTtlMs: config.actorSource.ttlMs,
+    remoteNegativeTtlMs: config.actorSource.negativeTtlMs,
+    bus: backends.bus,
+  });
+  await resolver.start();
+  backends.startWorkers(resolver);
+  const recorder = new UsageRecorder(backends.usageStore, logger, config.usageFlushIntervalMs);
+  const gateway: Gateway = { config, logger, store, limiter, resolver, recorder, dispatcher, version: readVersion(), settling: new Set(), dependencies: backends.dependencies };
 
   const server = createServer({ noDelay: true, keepAliveTimeout: 65_000 }, (req, res) => {
     dispatch(gateway, req, res).catch((error: unknown) => {
@@ -87,7 +94,10 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
     if (provider.apiKey === null) logger.warn({ provider: provider.name }, `provider ${provider.name} is disabled: set LLM_PROXY_${provider.name.toUpperCase()}_API_KEY to enable it`);
     else logger.info({ provider: provider.name, baseUrl: provider.baseUrl }, `provider ${provider.name} enabled`);
   }
-  logger.info({ url, dataDir: config.dataDir, admin: config.adminToken !== null, anonymous: config.allowAnonymous }, 'gateway listening');
+  logger.info(
+    { url, dataDir: config.dataDir, store: config.databaseUrl === null ? 'sqlite' : 'postgres', limiter: config.redis.url === null ? 'memory' : 'redis', admin: config.adminToken !== null, anonymous: config.allowAnonymous },
+    'gateway listening',
+  );
   loadTokenizer().catch((error: unknown) => logger.error({ err: error }, 'failed to load the tokenizer used for token estimates'));
 
   let resolveClosed!: () => void;
@@ -116,9 +126,8 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
       await Promise.allSettled([...gateway.settling]);
       await recorder.close();
       resolver.close();
-      await limiter.close();
+      await backends.close();
       await dispatcher.close().catch(() => undefined);
-      await store.close();
       logger.info('gateway stopped');
       resolveClosed();
     })();

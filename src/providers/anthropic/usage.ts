@@ -5,6 +5,8 @@ interface AnthropicUsage {
   output_tokens?: number | null;
   cache_creation_input_tokens?: number | null;
   cache_read_input_tokens?: number | null;
+  /** Extended-thinking tokens, already included in `output_tokens`. */
+  output_tokens_details?: { thinking_tokens?: number | null } | null;
 }
 
 function isCount(value: unknown): value is number {
@@ -22,6 +24,7 @@ export function applyAnthropicUsage(meter: UsageMeter, usage: AnthropicUsage | u
   if (isCount(usage.output_tokens)) meter.outputTokens = usage.output_tokens;
   if (isCount(usage.cache_creation_input_tokens)) meter.cacheCreationInputTokens = usage.cache_creation_input_tokens;
   if (isCount(usage.cache_read_input_tokens)) meter.cacheReadInputTokens = usage.cache_read_input_tokens;
+  if (isCount(usage.output_tokens_details?.thinking_tokens)) meter.reasoningTokens = usage.output_tokens_details.thinking_tokens;
   if (final && isCount(usage.output_tokens)) meter.usageReported = true;
 }
 
