@@ -1,13 +1,14 @@
 import { ConfigError } from '../config/config.ts';
 import { ACTOR_COMMANDS } from './actors.ts';
 import { formatOptionsHelp, parseCommandArgs, UsageError, type CliCommand, type CliIo } from './args.ts';
+import { MIGRATE_COMMANDS } from './migrate.ts';
 import { SERVE_COMMANDS } from './serve.ts';
 import { TOKEN_COMMANDS } from './tokens.ts';
 import { USAGE_COMMANDS } from './usage.ts';
 
 export type { CliIo, Writer } from './args.ts';
 
-const COMMANDS: CliCommand[] = [...SERVE_COMMANDS, ...ACTOR_COMMANDS, ...TOKEN_COMMANDS, ...USAGE_COMMANDS];
+const COMMANDS: CliCommand[] = [...SERVE_COMMANDS, ...ACTOR_COMMANDS, ...TOKEN_COMMANDS, ...USAGE_COMMANDS, ...MIGRATE_COMMANDS];
 
 /** Command words that only select a group of subcommands, with the group's description. */
 const GROUPS: Record<string, string> = {

@@ -44,6 +44,8 @@ export interface Config {
   };
   /** `postgres://` URL; actors, tokens and usage events live in Postgres when set. */
   databaseUrl: string | null;
+  /** Postgres schema for the gateway's tables; the connection's default search path when null. */
+  databaseSchema: string | null;
   /** Largest size of the on-disk spool that keeps usage events while the database is down. */
   usageSpoolMaxBytes: number;
   actorSource: {
@@ -181,6 +183,14 @@ function optionalUrl(protocols: string[], example: string): Parser {
   };
 }
 
+const identifier: Parser = (raw, setting) => {
+  const value = optionalText(raw, setting) as string | null;
+  if (value !== null && !/^[a-z_][a-z0-9_]{0,62}$/.test(value)) {
+    throw new ConfigError(setting, `got ${describe(raw)}`, 'a lower-case SQL identifier such as llm_proxy');
+  }
+  return value;
+};
+
 const secret: Parser = (raw, setting) => {
   const value = optionalText(raw, setting) as string | null;
   if (value !== null && /\s/.test(value)) {
@@ -280,6 +290,7 @@ export const SETTINGS: Setting[] = [
   { env: 'LLM_PROXY_REDIS_TIMEOUT', key: 'redis.timeout', defaultValue: 50, parse: duration(1) },
   { env: 'LLM_PROXY_REDIS_FAILURE_MODE', key: 'redis.failureMode', defaultValue: 'open', parse: oneOf(['open', 'closed']) },
   { env: 'LLM_PROXY_DATABASE_URL', key: 'databaseUrl', defaultValue: null, parse: optionalUrl(['postgres:', 'postgresql:'], 'postgres://user@127.0.0.1:5432/llm_proxy') },
+  { env: 'LLM_PROXY_DATABASE_SCHEMA', key: 'databaseSchema', defaultValue: null, parse: identifier },
   { env: 'LLM_PROXY_USAGE_SPOOL_MAX_BYTES', key: 'usageSpoolMaxBytes', defaultValue: 1024 * 1024 * 1024, parse: integer(1024 * 1024, Number.MAX_SAFE_INTEGER) },
   { env: 'LLM_PROXY_ACTOR_SOURCE_URL', key: 'actorSource.url', defaultValue: null, parse: optionalUrl(['http:', 'https:'], 'https://accounts.example.com/llm-proxy') },
   { env: 'LLM_PROXY_ACTOR_SOURCE_SECRET', key: 'actorSource.secret', defaultValue: null, parse: secret },
@@ -408,6 +419,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, configPath?: st
       failureMode: get('redis.failureMode'),
     },
     databaseUrl: get('databaseUrl'),
+    databaseSchema: get('databaseSchema'),
     usageSpoolMaxBytes: get('usageSpoolMaxBytes'),
     actorSource: {
       url: get<string | null>('actorSource.url')?.replace(/\/+$/, '') ?? null,

@@ -42,7 +42,7 @@ export async function openBackends(config: Config, logger: Logger, dispatcher: A
     store = injected.store;
     usageStore = store;
   } else if (config.databaseUrl !== null) {
-    store = await openPostgresStore(config.databaseUrl, { logger });
+    store = await openPostgresStore(config.databaseUrl, { logger, schema: config.databaseSchema ?? undefined });
     spool = await openSpoolingUsageStore(store, { dir: usageSpoolDir(config.dataDir), maxBytes: config.usageSpoolMaxBytes, logger });
     usageStore = spool;
   } else {

@@ -39,7 +39,7 @@ const DEFAULT_STATEMENT_TIMEOUT_MS = 5000;
 const CLIENT_TIMEOUT_MARGIN_MS = 2000;
 const PING_TIMEOUT_MS = 1500;
 
-/** Postgres accepts at most 65535 bind parameters per statement; 1000 rows of 31 columns use 31000. */
+/** Postgres accepts at most 65535 bind parameters per statement, and 1000 rows of 31 columns use 31000. */
 const MAX_ROWS_PER_INSERT = 1000;
 
 const INT8_OID = 20;
@@ -314,7 +314,7 @@ export class PostgresStore implements Store {
 
   /**
    * Returns the counter that a trigger bumps on every committed change to actors or tokens, made
-   * through any store instance or by any other client of the database. One primary-key read.
+   * through any store instance or by any other client of the database. One query on a one-row table.
    */
   async changeVersion(): Promise<number> {
     const rows = await this.query<{ version: number }>('SELECT version FROM llm_proxy_change_version');
@@ -446,7 +446,7 @@ export async function openPostgresStore(url: string, options: PostgresStoreOptio
     statement_timeout: MIGRATION_TIMEOUT_MS,
     query_timeout: MIGRATION_TIMEOUT_MS + CLIENT_TIMEOUT_MARGIN_MS,
   });
-  // The failed query rejects too; the listener only stops pg from crashing the process.
+  // The failed query rejects too, so the listener only stops pg from crashing the process.
   migrationClient.on('error', () => undefined);
   try {
     await migrationClient.connect();
@@ -462,7 +462,7 @@ export async function openPostgresStore(url: string, options: PostgresStoreOptio
   // listener the pool's 'error' event would crash the process. The pool opens a new connection
   // for the next query.
   pool.on('error', (error) => {
-    options.logger?.warn({ err: error, database: describePostgresUrl(url) }, 'idle Postgres connection failed; it will be replaced');
+    options.logger?.warn({ err: error, database: describePostgresUrl(url) }, 'idle Postgres connection failed, the pool will open a new one');
   });
   return new PostgresStore(pool);
 }
