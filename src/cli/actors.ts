@@ -101,7 +101,7 @@ ${formatOptionsHelp([
     }
     const limits = parseLimitOptions(stringListOption(values, 'limit'), this.name);
 
-    const store = openStore(values, io, { create: true });
+    const store = await openStore(values, io, { create: true });
     try {
       const actor = await store.createActor({ name, enabled: !flagOption(values, 'disabled'), limits });
       if (flagOption(values, 'json')) {
@@ -133,7 +133,7 @@ ${formatOptionsHelp([['--json', 'Print the actors as a JSON array']])}
   options: { json: { type: 'boolean' } },
   async run({ values, positionals }, io) {
     expectPositionals(this.name, positionals, []);
-    const store = openStore(values, io, { create: false });
+    const store = await openStore(values, io, { create: false });
     try {
       const actors = await store.listActors();
       if (flagOption(values, 'json')) {
@@ -172,7 +172,7 @@ ${formatOptionsHelp([['--json', 'Print the updated actor as JSON']])}
     options: { json: { type: 'boolean' } },
     async run({ values, positionals }, io) {
       const [actorId] = expectPositionals(this.name, positionals, ['ACTOR_ID']);
-      const store = openStore(values, io, { create: false });
+      const store = await openStore(values, io, { create: false });
       try {
         const actor = await store.updateActor(actorId, { enabled });
         if (actor === undefined) {

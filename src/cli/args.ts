@@ -2,7 +2,9 @@ import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { loadConfig } from '../config/config.ts';
-import { databasePath, openSqliteStore, type SqliteStore } from '../storage/sqlite.ts';
+import { describePostgresUrl, openPostgresStore } from '../storage/postgres.ts';
+import { databasePath, openSqliteStore } from '../storage/sqlite.ts';
+import type { Store } from '../storage/store.ts';
 
 /** Anything with a `write(text)` method, such as process.stdout or a test buffer. */
 export interface Writer {
@@ -160,10 +162,19 @@ export function resolveDataDir(values: OptionValues, env: NodeJS.ProcessEnv): st
 }
 
 /**
- * Opens the store in the configured data directory. Unless `create` is set, a missing
+ * Opens the gateway's store: Postgres when LLM_PROXY_DATABASE_URL (or `databaseUrl`) is set,
+ * otherwise the SQLite database in the data directory. Unless `create` is set, a missing SQLite
  * database is an error, so that a mistyped directory does not show an empty store.
  */
-export function openStore(values: OptionValues, io: CliIo, options: { create: boolean }): SqliteStore {
+export async function openStore(values: OptionValues, io: CliIo, options: { create: boolean }): Promise<Store> {
+  const config = loadConfig(io.env, stringOption(values, 'config'));
+  if (config.databaseUrl !== null && stringOption(values, 'data-dir') === undefined) {
+    try {
+      return await openPostgresStore(config.databaseUrl, { schema: config.databaseSchema ?? undefined });
+    } catch (error) {
+      throw new CommandError(`cannot open the Postgres database ${describePostgresUrl(config.databaseUrl)}: ${(error as Error).message}`);
+    }
+  }
   const dataDir = resolveDataDir(values, io.env);
   const path = databasePath(dataDir);
   if (!options.create && !existsSync(path)) {

@@ -76,7 +76,7 @@ ${formatOptionsHelp([
     const [actorId] = expectPositionals(this.name, positionals, ['ACTOR_ID']);
     const expiresAt = parseExpiry(values, this.name, Date.now());
 
-    const store = openStore(values, io, { create: false });
+    const store = await openStore(values, io, { create: false });
     try {
       const actor = await store.getActor(actorId);
       if (actor === undefined) {
@@ -119,7 +119,7 @@ ${formatOptionsHelp([['--json', 'Print the token record as JSON']])}
   options: { json: { type: 'boolean' } },
   async run({ values, positionals }, io) {
     const [tokenId] = expectPositionals(this.name, positionals, ['TOKEN_ID']);
-    const store = openStore(values, io, { create: false });
+    const store = await openStore(values, io, { create: false });
     try {
       const startedAt = new Date().toISOString();
       const record = await store.revokeToken(tokenId);
@@ -154,7 +154,7 @@ ${formatOptionsHelp([['--json', 'Print the token records as a JSON array']])}
   options: { json: { type: 'boolean' } },
   async run({ values, positionals }, io) {
     const [actorId] = expectPositionals(this.name, positionals, ['ACTOR_ID']);
-    const store = openStore(values, io, { create: false });
+    const store = await openStore(values, io, { create: false });
     try {
       const actor = await store.getActor(actorId);
       if (actor === undefined) {

@@ -111,7 +111,7 @@ ${formatOptionsHelp([
     const since = rawSince === undefined ? undefined : parseSince(rawSince, Date.now(), this.name);
     const limit = parseLimit(stringOption(values, 'limit'), this.name);
 
-    const store = openStore(values, io, { create: false });
+    const store = await openStore(values, io, { create: false });
     try {
       const events = await store.queryEvents({ actorId: stringOption(values, 'actor'), since, limit });
       if (flagOption(values, 'json')) {
