@@ -23,6 +23,8 @@ export interface Backends {
   limiter: Limiter;
   bus: ActorChangeBus | undefined;
   remote: RemoteActorSource | undefined;
+  /** The disk spool in front of a network store, for health output. */
+  spool: SpoolingUsageStore | undefined;
   dependencies: Dependency[];
   /** Starts background work that needs the resolver (the actor sync). */
   startWorkers(resolver: ActorResolver): void;
@@ -85,6 +87,7 @@ export async function openBackends(config: Config, logger: Logger, dispatcher: A
     limiter,
     bus,
     remote,
+    spool,
     dependencies,
     startWorkers(resolver) {
       if (remote !== undefined && source.syncIntervalMs > 0) {

@@ -5,6 +5,7 @@ import type { Limiter } from '../limits/limiter.ts';
 import type { Logger } from '../logging/logger.ts';
 import type { Store } from '../storage/store.ts';
 import type { UsageRecorder } from '../usage/recorder.ts';
+import type { SpoolingUsageStore } from '../usage/spool.ts';
 import type { Dependency } from './health.ts';
 
 /** The long-lived parts every request handler uses. Built once at start-up. */
@@ -21,4 +22,6 @@ export interface Gateway {
   settling: Set<Promise<void>>;
   /** What the health routes check. */
   dependencies: Dependency[];
+  /** The disk spool for usage events, when the store is Postgres. */
+  spool?: SpoolingUsageStore;
 }

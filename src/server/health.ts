@@ -51,6 +51,7 @@ export async function handleHealth(gateway: Gateway, _req: IncomingMessage, res:
     status: storeOk ? 'ok' : 'unavailable',
     checks,
     pendingUsageEvents: gateway.recorder.pendingCount(),
+    ...(gateway.spool === undefined ? {} : { spooledUsageEvents: gateway.spool.spooledCount(), droppedUsageEvents: gateway.spool.droppedCount() }),
   });
 }
 

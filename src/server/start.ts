@@ -65,7 +65,7 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
   await resolver.start();
   backends.startWorkers(resolver);
   const recorder = new UsageRecorder(backends.usageStore, logger, config.usageFlushIntervalMs);
-  const gateway: Gateway = { config, logger, store, limiter, resolver, recorder, dispatcher, version: readVersion(), settling: new Set(), dependencies: backends.dependencies };
+  const gateway: Gateway = { config, logger, store, limiter, resolver, recorder, dispatcher, version: readVersion(), settling: new Set(), dependencies: backends.dependencies, spool: backends.spool };
 
   const server = createServer({ noDelay: true, keepAliveTimeout: 65_000 }, (req, res) => {
     dispatch(gateway, req, res).catch((error: unknown) => {
