@@ -6,7 +6,7 @@ import type { Actor, TokenRecord } from './types.ts';
 
 /**
  * Client for a central account service that owns actors and tokens (the remote actor source).
- * The contract, documented in docs/deployment.md:
+ * The contract, also described in docs/deployment.md:
  *
  * - `POST {url}/lookup` with `{"tokenHash": "<hex SHA-256 of the token>"}` answers 200 with one
  *   entry, or 404 when the token is unknown.

@@ -14,6 +14,8 @@ export interface ResolvedActor {
 }
 
 const MAX_CACHED = 50_000;
+/** Unknown tokens are kept apart and bounded on their own, so a flood of guesses cannot push out valid tokens. */
+const MAX_CACHED_UNKNOWN = 10_000;
 const VERSION_POLL_MS = 1000;
 /** After a failed background refresh, the cached entry is served this long before the next try. */
 const REFRESH_RETRY_MS = 5000;
@@ -49,7 +51,12 @@ export interface ResolverOptions {
  * source never turns a cached valid token into a rejection.
  */
 export class ActorResolver {
+  /** Known tokens, least recently used first. */
   private readonly cache = new Map<string, CacheEntry>();
+  /** Tokens found nowhere, oldest first. */
+  private readonly unknown = new Map<string, CacheEntry>();
+  /** Lookups in progress, so concurrent first requests for one token share a single lookup. */
+  private readonly pending = new Map<string, Promise<TokenLookup | null>>();
   private readonly anonymous: Actor | undefined;
   private version = -1;
   private readonly poller: NodeJS.Timeout;
@@ -125,16 +132,28 @@ export class ActorResolver {
     return { actor, tokenId: record.id };
   }
 
-  private async lookup(hash: string): Promise<TokenLookup | null> {
+  private lookup(hash: string): Promise<TokenLookup | null> | TokenLookup | null {
     const now = Date.now();
     const cached = this.cache.get(hash);
     if (cached !== undefined) {
+      // Re-inserting keeps the map in least-recently-used order for eviction.
+      this.cache.delete(hash);
+      this.cache.set(hash, cached);
       if (cached.origin === 'local' || cached.freshUntil > now) return cached.value;
-      if (cached.value !== null) {
-        this.refreshInBackground(hash, cached);
-        return cached.value;
-      }
+      this.refreshInBackground(hash, cached);
+      return cached.value;
     }
+    const unknown = this.unknown.get(hash);
+    if (unknown !== undefined && (unknown.origin === 'local' || unknown.freshUntil > now)) return null;
+    let pending = this.pending.get(hash);
+    if (pending === undefined) {
+      pending = this.load(hash).finally(() => this.pending.delete(hash));
+      this.pending.set(hash, pending);
+    }
+    return pending;
+  }
+
+  private async load(hash: string): Promise<TokenLookup | null> {
     const local = await this.store.findToken(hash);
     if (local !== undefined || this.options.remote === undefined) {
       this.remember(hash, { value: local ?? null, origin: 'local', freshUntil: Number.POSITIVE_INFINITY, refreshing: false });
@@ -170,12 +189,17 @@ export class ActorResolver {
   }
 
   private remember(hash: string, entry: CacheEntry): void {
-    if (!this.cache.has(hash) && this.cache.size >= MAX_CACHED) this.cache.delete(this.cache.keys().next().value as string);
-    this.cache.set(hash, entry);
+    const map = entry.value === null ? this.unknown : this.cache;
+    const other = entry.value === null ? this.cache : this.unknown;
+    other.delete(hash);
+    map.delete(hash);
+    if (map.size >= (entry.value === null ? MAX_CACHED_UNKNOWN : MAX_CACHED)) map.delete(map.keys().next().value as string);
+    map.set(hash, entry);
   }
 
   private dropWhere(predicate: (entry: CacheEntry) => boolean): void {
     for (const [hash, entry] of this.cache) if (predicate(entry)) this.cache.delete(hash);
+    for (const [hash, entry] of this.unknown) if (predicate(entry)) this.unknown.delete(hash);
   }
 
   private applyChange(change: ActorChange): void {

@@ -1,8 +1,11 @@
 import { randomUUID } from 'node:crypto';
 import type { Redis } from 'ioredis';
+import { waitForReady } from '../limits/redis.ts';
 import type { Logger } from '../logging/logger.ts';
 import type { RemoteActorSource } from './remote-source.ts';
 import type { ActorResolver } from './resolver.ts';
+
+const LOCK_READY_WAIT_MS = 5000;
 
 /** Decides which replica runs a periodic job. */
 export interface LeaderLock {
@@ -42,6 +45,8 @@ export class RedisLeaderLock implements LeaderLock {
   constructor(private readonly redis: Redis, private readonly key: string) {}
 
   async tryAcquire(ttlMs: number): Promise<boolean> {
+    // The client fails commands while it connects, so the first run waits for the connection.
+    if (this.redis.status !== 'ready') await waitForReady(this.redis, LOCK_READY_WAIT_MS);
     return (await this.redis.eval(EXTEND_OR_TAKE, 1, this.key, this.holder, String(ttlMs))) === 1;
   }
 
