@@ -154,7 +154,13 @@ export class ActorResolver {
   }
 
   private async load(hash: string): Promise<TokenLookup | null> {
-    const local = await this.store.findToken(hash);
+    let local: TokenLookup | undefined;
+    try {
+      local = await this.store.findToken(hash);
+    } catch (error) {
+      this.logger.warn({ err: error }, 'actor store lookup failed');
+      throw new GatewayError('store_unavailable', 'the actor store is unavailable, so this token cannot be checked; retry shortly', { cause: error, headers: { 'retry-after': '1' } });
+    }
     if (local !== undefined || this.options.remote === undefined) {
       this.remember(hash, { value: local ?? null, origin: 'local', freshUntil: Number.POSITIVE_INFINITY, refreshing: false });
       return local ?? null;

@@ -22,7 +22,14 @@ import { clientResponseHeaders, decodeBody, readAll, relayUpstreamError, upstrea
  * body, check the model, admit against the quota, call the upstream, relay its answer. Exactly
  * one usage event is written for every request that passed authentication.
  */
-export async function handleProxy(gateway: Gateway, route: RouteAdapter, req: IncomingMessage, res: ServerResponse): Promise<void> {
+export function handleProxy(gateway: Gateway, route: RouteAdapter, req: IncomingMessage, res: ServerResponse): Promise<void> {
+  // Shutdown waits for every request in this set, so no usage event is lost when it cuts one off.
+  const handling = runProxy(gateway, route, req, res).finally(() => gateway.settling.delete(handling));
+  gateway.settling.add(handling);
+  return handling;
+}
+
+async function runProxy(gateway: Gateway, route: RouteAdapter, req: IncomingMessage, res: ServerResponse): Promise<void> {
   const ctx = new RequestContext(req, res, route, gateway.config.trustProxy);
   res.setHeader('request-id', ctx.requestId);
   res.setHeader('x-request-id', ctx.requestId);
@@ -57,10 +64,7 @@ export async function handleProxy(gateway: Gateway, route: RouteAdapter, req: In
   } catch (error) {
     handleFailure(gateway, ctx, error);
   } finally {
-    const settling = finishRequest(gateway, ctx);
-    gateway.settling.add(settling);
-    await settling;
-    gateway.settling.delete(settling);
+    await finishRequest(gateway, ctx);
   }
 }
 

@@ -18,7 +18,7 @@ export interface Gateway {
   recorder: UsageRecorder;
   dispatcher: Agent;
   version: string;
-  /** Usage settlements still running; shutdown waits for them before the last flush. */
+  /** Proxy requests still running or settling; shutdown waits for them before the last flush. */
   settling: Set<Promise<void>>;
   /** What the health routes check. */
   dependencies: Dependency[];

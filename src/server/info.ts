@@ -28,17 +28,24 @@ export async function handleLimits(gateway: Gateway, req: IncomingMessage, res: 
   const actor = await authenticate(gateway, req, res);
   if (actor === undefined) return;
   const result: Record<string, unknown> = {};
-  for (const feature of FEATURES) {
-    const limit = actor.limits[feature];
-    if (limit === undefined) continue;
-    const usage = await gateway.limiter.usage({ actorId: actor.id, feature, counter: primaryCounter(feature) });
-    result[feature] = {
-      limit: limit.limit,
-      interval: formatDuration(limit.intervalSeconds),
-      usage: usage.used,
-      ...(usage.used > 0 && usage.resetAt !== undefined ? { expiry: new Date(usage.resetAt).toISOString() } : {}),
-      allowedModels: limit.allowedModels,
-    };
+  try {
+    for (const feature of FEATURES) {
+      const limit = actor.limits[feature];
+      if (limit === undefined) continue;
+      const usage = await gateway.limiter.usage({ actorId: actor.id, feature, counter: primaryCounter(feature) });
+      result[feature] = {
+        limit: limit.limit,
+        interval: formatDuration(limit.intervalSeconds),
+        usage: usage.used,
+        ...(usage.used > 0 && usage.resetAt !== undefined ? { expiry: new Date(usage.resetAt).toISOString() } : {}),
+        allowedModels: limit.allowedModels,
+      };
+    }
+  } catch (error) {
+    const failure = toGatewayError(error);
+    if (failure.code === 'internal_error') gateway.logger.error({ err: error }, 'failed to read limits');
+    sendError(res, 'openai', failure, res.getHeader('request-id') as string);
+    return;
   }
   sendJson(res, 200, result);
 }

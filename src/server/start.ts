@@ -110,20 +110,22 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
       logger.info({ graceMs: config.shutdownGraceMs }, 'shutting down: no new connections, waiting for in-flight requests');
       const drained = new Promise<void>((resolve) => server.close(() => resolve()));
       server.closeIdleConnections();
+      // Keep-alive connections become idle as their last response ends; close them as they do.
+      const idleSweep = setInterval(() => server.closeIdleConnections(), 100);
       let timer: NodeJS.Timeout | undefined;
       const grace = new Promise<'timeout'>((resolve) => {
         timer = setTimeout(() => resolve('timeout'), config.shutdownGraceMs);
       });
       const result = await Promise.race([drained, grace]);
       clearTimeout(timer);
+      clearInterval(idleSweep);
       if (result === 'timeout') {
         logger.warn('grace period over, closing the remaining connections');
         server.closeAllConnections();
         await drained;
       }
       // Requests cut off above settle their usage events asynchronously; wait for them.
-      await new Promise((resolve) => setImmediate(resolve));
-      await Promise.allSettled([...gateway.settling]);
+      while (gateway.settling.size > 0) await Promise.allSettled([...gateway.settling]);
       await recorder.close();
       resolver.close();
       await backends.close();
