@@ -1,8 +1,8 @@
 import { GatewayError } from '../../errors/errors.ts';
-import { UsageMeter } from '../../usage/meter.ts';
-import { SseParser, type SseEvent } from '../../streaming/sse.ts';
+import type { SseEvent } from '../../streaming/sse.ts';
+import { PassThroughSseTap } from '../sse-tap.ts';
 import { readMaxTokens, readStreamFlag, requireModel, tryParseJson } from '../request-fields.ts';
-import type { PreparedRequest, ResponseTap, RouteAdapter } from '../types.ts';
+import type { PreparedRequest, RouteAdapter } from '../types.ts';
 
 function prepare(json: Record<string, unknown>, raw: Buffer): PreparedRequest {
   const model = requireModel(json);
@@ -25,21 +25,8 @@ function prepare(json: Record<string, unknown>, raw: Buffer): PreparedRequest {
  * Legacy Text Completions report no token usage, so the pipeline estimates both counts.
  * Each streamed `completion` event carries only the new text.
  */
-class CompleteTap implements ResponseTap {
-  readonly meter = new UsageMeter();
-  private readonly parser = new SseParser((event) => this.onEvent(event));
-
-  streamChunk(chunk: Buffer): Buffer {
-    this.parser.push(chunk);
-    return chunk;
-  }
-
-  streamEnd(): undefined {
-    this.parser.end();
-    return undefined;
-  }
-
-  private onEvent(event: SseEvent): void {
+class CompleteTap extends PassThroughSseTap {
+  protected onEvent(event: SseEvent): void {
     if (event.data === '' || event.event === 'ping') return;
     const parsed = tryParseJson(event.data) as Record<string, any> | undefined;
     if (parsed === undefined || parsed === null) return;

@@ -1,8 +1,8 @@
 import { GatewayError } from '../../errors/errors.ts';
-import { UsageMeter } from '../../usage/meter.ts';
-import { SseParser, type SseEvent } from '../../streaming/sse.ts';
+import type { SseEvent } from '../../streaming/sse.ts';
+import { PassThroughSseTap } from '../sse-tap.ts';
 import { collectText, readMaxTokens, readStreamFlag, requireModel, textLength, tryParseJson } from '../request-fields.ts';
-import type { PreparedRequest, ResponseTap, RouteAdapter } from '../types.ts';
+import type { PreparedRequest, RouteAdapter } from '../types.ts';
 import { anthropicBlockText, applyAnthropicUsage } from './usage.ts';
 
 function prepare(json: Record<string, unknown>, raw: Buffer): PreparedRequest {
@@ -24,21 +24,8 @@ function prepare(json: Record<string, unknown>, raw: Buffer): PreparedRequest {
   };
 }
 
-class MessagesTap implements ResponseTap {
-  readonly meter = new UsageMeter();
-  private readonly parser = new SseParser((event) => this.onEvent(event));
-
-  streamChunk(chunk: Buffer): Buffer {
-    this.parser.push(chunk);
-    return chunk;
-  }
-
-  streamEnd(): undefined {
-    this.parser.end();
-    return undefined;
-  }
-
-  private onEvent(event: SseEvent): void {
+class MessagesTap extends PassThroughSseTap {
+  protected onEvent(event: SseEvent): void {
     if (event.data === '') return;
     const type = event.event;
     if (type === 'ping' || type === 'content_block_stop' || type === 'content_block_start') {
