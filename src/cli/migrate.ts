@@ -1,12 +1,18 @@
 import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import Database from 'better-sqlite3';
-import type { Actor } from '../actors/types.ts';
 import { loadConfig } from '../config/config.ts';
-import { databasePath } from '../storage/sqlite.ts';
-import type { PostgresStore, StoredToken } from '../storage/postgres.ts';
-import { EVENT_COLUMNS, validateSchemaName } from '../storage/postgres-schema.ts';
-import type { UsageEvent } from '../usage/event.ts';
+import {
+  actorFromSqliteRow,
+  databasePath,
+  eventFromSqliteRow,
+  storedTokenFromSqliteRow,
+  type SqliteActorRow,
+  type SqliteEventRow,
+  type SqliteTokenRow,
+} from '../storage/sqlite.ts';
+import type { PostgresStore } from '../storage/postgres.ts';
+import { validateSchemaName } from '../storage/postgres-schema.ts';
 import {
   CommandError,
   expectPositionals,
@@ -24,63 +30,12 @@ const SUPPORTED_SQLITE_VERSION = 1;
 const EVENTS_PER_PAGE = 1000;
 const PROGRESS_EVERY_EVENTS = 100_000;
 
-const BOOLEAN_EVENT_COLUMNS = new Set(['stream', 'tokens_estimated']);
-
-interface SqliteActorRow {
-  id: string;
-  name: string;
-  enabled: number;
-  limits: string;
-  created_at: string;
-  updated_at: string;
-}
-
-interface SqliteTokenRow {
-  id: string;
-  actor_id: string;
-  token_hash: string;
-  hint: string;
-  created_at: string;
-  expires_at: string | null;
-  revoked_at: string | null;
-}
-
-type SqliteEventRow = Record<string, string | number | null> & { rowid: number };
+/** A usage_events row read with its rowid, which pages the copy. */
+type PagedEventRow = SqliteEventRow & { rowid: number };
 
 interface CopyCounts {
   copied: number;
   total: number;
-}
-
-function toActor(row: SqliteActorRow): Actor {
-  return {
-    id: row.id,
-    name: row.name,
-    enabled: row.enabled === 1,
-    limits: JSON.parse(row.limits) as Actor['limits'],
-    createdAt: row.created_at,
-    updatedAt: row.updated_at,
-  };
-}
-
-function toStoredToken(row: SqliteTokenRow): StoredToken {
-  return {
-    id: row.id,
-    actorId: row.actor_id,
-    tokenHash: row.token_hash,
-    hint: row.hint,
-    createdAt: row.created_at,
-    expiresAt: row.expires_at,
-    revokedAt: row.revoked_at,
-  };
-}
-
-function toEvent(row: SqliteEventRow): UsageEvent {
-  const event: Record<string, unknown> = {};
-  for (const [field, column] of EVENT_COLUMNS) {
-    event[field] = BOOLEAN_EVENT_COLUMNS.has(column) ? row[column] === 1 : row[column];
-  }
-  return event as unknown as UsageEvent;
 }
 
 /** Returns the `--to` URL, or the databaseUrl setting when the option is absent. */
@@ -132,9 +87,9 @@ async function copyEvents(db: Database.Database, store: PostgresStore, io: CliIo
   let nextProgress = PROGRESS_EVERY_EVENTS;
   // Bounded by the row count: every page advances lastRowid past the rows it read.
   for (;;) {
-    const rows = page.all(lastRowid, EVENTS_PER_PAGE) as SqliteEventRow[];
+    const rows = page.all(lastRowid, EVENTS_PER_PAGE) as PagedEventRow[];
     if (rows.length === 0) break;
-    copied += await store.insertEventsCounted(rows.map(toEvent));
+    copied += await store.insertEventsCounted(rows.map(eventFromSqliteRow));
     read += rows.length;
     lastRowid = rows[rows.length - 1].rowid;
     if (read >= nextProgress) {
@@ -206,8 +161,8 @@ ${formatOptionsHelp([
       db.exec('BEGIN');
       const actorRows = db.prepare('SELECT * FROM actors ORDER BY created_at, rowid').all() as SqliteActorRow[];
       const tokenRows = db.prepare('SELECT * FROM tokens ORDER BY created_at, rowid').all() as SqliteTokenRow[];
-      const actors = { copied: await store.importActors(actorRows.map(toActor)), total: actorRows.length };
-      const tokens = { copied: await store.importTokens(tokenRows.map(toStoredToken)), total: tokenRows.length };
+      const actors = { copied: await store.importActors(actorRows.map(actorFromSqliteRow)), total: actorRows.length };
+      const tokens = { copied: await store.importTokens(tokenRows.map(storedTokenFromSqliteRow)), total: tokenRows.length };
       const events = await copyEvents(db, store, io);
       db.exec('COMMIT');
 

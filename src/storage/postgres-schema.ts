@@ -1,5 +1,4 @@
 import type { ClientBase } from 'pg';
-import type { UsageEvent } from '../usage/event.ts';
 
 /** Table that records which migrations a database has applied. */
 export const MIGRATIONS_TABLE = 'llm_proxy_schema_migrations';
@@ -131,41 +130,6 @@ const MIGRATIONS: Migration[] = [
 
 /** The newest schema version this build can migrate to. */
 export const LATEST_SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1].version;
-
-/** UsageEvent fields and their columns, in the order of the INSERT column list. */
-export const EVENT_COLUMNS = [
-  ['id', 'id'],
-  ['timestamp', 'timestamp'],
-  ['requestId', 'request_id'],
-  ['actorId', 'actor_id'],
-  ['actorName', 'actor_name'],
-  ['feature', 'feature'],
-  ['provider', 'provider'],
-  ['route', 'route'],
-  ['requestedModel', 'requested_model'],
-  ['upstreamModel', 'upstream_model'],
-  ['stream', 'stream'],
-  ['upstreamStatus', 'upstream_status'],
-  ['status', 'status'],
-  ['outcome', 'outcome'],
-  ['errorCode', 'error_code'],
-  ['inputTokens', 'input_tokens'],
-  ['outputTokens', 'output_tokens'],
-  ['cacheCreationInputTokens', 'cache_creation_input_tokens'],
-  ['cacheReadInputTokens', 'cache_read_input_tokens'],
-  ['reasoningTokens', 'reasoning_tokens'],
-  ['tokensEstimated', 'tokens_estimated'],
-  ['durationMs', 'duration_ms'],
-  ['upstreamTtfbMs', 'upstream_ttfb_ms'],
-  ['upstreamDurationMs', 'upstream_duration_ms'],
-  ['overheadMs', 'overhead_ms'],
-  ['promptChars', 'prompt_chars'],
-  ['completionChars', 'completion_chars'],
-  ['clientIp', 'client_ip'],
-  ['userAgent', 'user_agent'],
-  ['sgActorUid', 'sg_actor_uid'],
-  ['sgActorAnonymousUid', 'sg_actor_anonymous_uid'],
-] as const satisfies ReadonlyArray<readonly [keyof UsageEvent, string]>;
 
 const SCHEMA_NAME = /^[a-z_][a-z0-9_]{0,62}$/;
 

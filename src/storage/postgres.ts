@@ -4,7 +4,8 @@ import type { CustomTypesConfig, Pool, PoolClient, PoolConfig, QueryConfig, Quer
 import type { Actor, ActorPatch, FeatureLimits, NewActor, TokenRecord } from '../actors/types.ts';
 import type { Logger } from '../logging/logger.ts';
 import type { UsageEvent, UsageQuery } from '../usage/event.ts';
-import { EVENT_COLUMNS, MIGRATION_TIMEOUT_MS, MIGRATIONS_TABLE, migrate, validateSchemaName } from './postgres-schema.ts';
+import { MIGRATION_TIMEOUT_MS, MIGRATIONS_TABLE, migrate, validateSchemaName } from './postgres-schema.ts';
+import { EVENT_COLUMNS, tokenFromRow, type StoredToken, type TokenRow } from './rows.ts';
 import { validateActorName } from './sqlite.ts';
 import type { Store, TokenLookup } from './store.ts';
 
@@ -21,11 +22,6 @@ export interface PostgresStoreOptions {
   statementTimeoutMs?: number;
   /** Shown in pg_stat_activity. Default `llm-proxy`. */
   applicationName?: string;
-}
-
-/** A token as stored, with its hash: the input of importTokens. */
-export interface StoredToken extends TokenRecord {
-  tokenHash: string;
 }
 
 const DEFAULT_MAX_CONNECTIONS = 10;
@@ -81,15 +77,6 @@ interface ActorRow {
   updated_at: string;
 }
 
-interface TokenRow {
-  id: string;
-  actor_id: string;
-  hint: string;
-  created_at: string;
-  expires_at: string | null;
-  revoked_at: string | null;
-}
-
 type EventRow = Record<string, unknown>;
 
 function newId(prefix: string): string {
@@ -104,17 +91,6 @@ function toActor(row: ActorRow): Actor {
     limits: row.limits,
     createdAt: row.created_at,
     updatedAt: row.updated_at,
-  };
-}
-
-function toTokenRecord(row: TokenRow): TokenRecord {
-  return {
-    id: row.id,
-    actorId: row.actor_id,
-    hint: row.hint,
-    createdAt: row.created_at,
-    expiresAt: row.expires_at,
-    revokedAt: row.revoked_at,
   };
 }
 
@@ -252,7 +228,7 @@ export class PostgresStore implements Store {
          RETURNING ${TOKEN_COLUMNS}`,
         [newId('tok_'), actorId, tokenHash, hint, new Date().toISOString(), expiresAt],
       );
-      return toTokenRecord(rows[0]);
+      return tokenFromRow(rows[0]);
     } catch (error) {
       if ((error as { code?: unknown }).code === FOREIGN_KEY_VIOLATION) {
         throw new Error(`actor ${actorId} not found`, { cause: error });
@@ -278,7 +254,7 @@ export class PostgresStore implements Store {
        SELECT ${TOKEN_COLUMNS} FROM tokens WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM revoked)`,
       [id, new Date().toISOString()],
     );
-    return rows.length === 0 ? undefined : toTokenRecord(rows[0]);
+    return rows.length === 0 ? undefined : tokenFromRow(rows[0]);
   }
 
   /** Returns the actor's tokens, oldest first, including revoked and expired ones. */
@@ -286,7 +262,7 @@ export class PostgresStore implements Store {
     const rows = await this.query<TokenRow>(`SELECT ${TOKEN_COLUMNS} FROM tokens WHERE actor_id = $1 ORDER BY created_at, seq`, [
       actorId,
     ]);
-    return rows.map(toTokenRecord);
+    return rows.map(tokenFromRow);
   }
 
   /** Returns revoked and expired tokens too, so that the caller can report why a token fails. */
@@ -309,7 +285,7 @@ export class PostgresStore implements Store {
       created_at: row.a_created_at,
       updated_at: row.a_updated_at,
     });
-    return { token: toTokenRecord(row), actor };
+    return { token: tokenFromRow(row), actor };
   }
 
   /**

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import type { Actor, ActorPatch, FeatureLimits, NewActor, TokenRecord } from '../actors/types.ts';
 import type { UsageEvent, UsageQuery } from '../usage/event.ts';
+import { EVENT_COLUMNS, tokenFromRow, type StoredToken, type TokenRow } from './rows.ts';
 import type { Store, TokenLookup } from './store.ts';
 
 /** File name of the database inside the data directory. */
@@ -105,44 +106,11 @@ const MIGRATIONS: Migration[] = [
   },
 ];
 
-/** UsageEvent fields and their columns. Boolean fields are stored as 0 or 1. */
-const EVENT_COLUMNS = [
-  ['id', 'id'],
-  ['timestamp', 'timestamp'],
-  ['requestId', 'request_id'],
-  ['actorId', 'actor_id'],
-  ['actorName', 'actor_name'],
-  ['feature', 'feature'],
-  ['provider', 'provider'],
-  ['route', 'route'],
-  ['requestedModel', 'requested_model'],
-  ['upstreamModel', 'upstream_model'],
-  ['stream', 'stream'],
-  ['upstreamStatus', 'upstream_status'],
-  ['status', 'status'],
-  ['outcome', 'outcome'],
-  ['errorCode', 'error_code'],
-  ['inputTokens', 'input_tokens'],
-  ['outputTokens', 'output_tokens'],
-  ['cacheCreationInputTokens', 'cache_creation_input_tokens'],
-  ['cacheReadInputTokens', 'cache_read_input_tokens'],
-  ['reasoningTokens', 'reasoning_tokens'],
-  ['tokensEstimated', 'tokens_estimated'],
-  ['durationMs', 'duration_ms'],
-  ['upstreamTtfbMs', 'upstream_ttfb_ms'],
-  ['upstreamDurationMs', 'upstream_duration_ms'],
-  ['overheadMs', 'overhead_ms'],
-  ['promptChars', 'prompt_chars'],
-  ['completionChars', 'completion_chars'],
-  ['clientIp', 'client_ip'],
-  ['userAgent', 'user_agent'],
-  ['sgActorUid', 'sg_actor_uid'],
-  ['sgActorAnonymousUid', 'sg_actor_anonymous_uid'],
-] as const satisfies ReadonlyArray<readonly [keyof UsageEvent, string]>;
-
+/** UsageEvent fields stored as 0 or 1. */
 const BOOLEAN_EVENT_FIELDS = new Set<keyof UsageEvent>(['stream', 'tokensEstimated']);
 
-interface ActorRow {
+/** A row of the SQLite `actors` table: `enabled` is 0 or 1 and `limits` is JSON text. */
+export interface SqliteActorRow {
   id: string;
   name: string;
   enabled: number;
@@ -151,22 +119,19 @@ interface ActorRow {
   updated_at: string;
 }
 
-interface TokenRow {
-  id: string;
-  actor_id: string;
-  hint: string;
-  created_at: string;
-  expires_at: string | null;
-  revoked_at: string | null;
+/** A full row of the SQLite `tokens` table. */
+export interface SqliteTokenRow extends TokenRow {
+  token_hash: string;
 }
 
-type EventRow = Record<string, string | number | null>;
+/** A row of the SQLite `usage_events` table, keyed by column name. */
+export type SqliteEventRow = Record<string, string | number | null>;
 
 function newId(prefix: string): string {
   return prefix + randomBytes(8).toString('hex');
 }
 
-function toActor(row: ActorRow): Actor {
+export function actorFromSqliteRow(row: SqliteActorRow): Actor {
   return {
     id: row.id,
     name: row.name,
@@ -177,19 +142,13 @@ function toActor(row: ActorRow): Actor {
   };
 }
 
-function toTokenRecord(row: TokenRow): TokenRecord {
-  return {
-    id: row.id,
-    actorId: row.actor_id,
-    hint: row.hint,
-    createdAt: row.created_at,
-    expiresAt: row.expires_at,
-    revokedAt: row.revoked_at,
-  };
+/** Decodes a token row with its hash, for copying the token to another store. */
+export function storedTokenFromSqliteRow(row: SqliteTokenRow): StoredToken {
+  return { ...tokenFromRow(row), tokenHash: row.token_hash };
 }
 
-function toEventRow(event: UsageEvent): EventRow {
-  const row: EventRow = {};
+function toEventRow(event: UsageEvent): SqliteEventRow {
+  const row: SqliteEventRow = {};
   for (const [field, column] of EVENT_COLUMNS) {
     const value = event[field];
     if (BOOLEAN_EVENT_FIELDS.has(field)) row[column] = value ? 1 : 0;
@@ -198,7 +157,7 @@ function toEventRow(event: UsageEvent): EventRow {
   return row;
 }
 
-function toEvent(row: EventRow): UsageEvent {
+export function eventFromSqliteRow(row: SqliteEventRow): UsageEvent {
   const event: Record<string, unknown> = {};
   for (const [field, column] of EVENT_COLUMNS) {
     event[field] = BOOLEAN_EVENT_FIELDS.has(field) ? row[column] === 1 : row[column];
@@ -311,8 +270,8 @@ export class SqliteStore implements Store {
   }
 
   private getActorSync(id: string): Actor | undefined {
-    const row = this.statements.selectActor.get(id) as ActorRow | undefined;
-    return row === undefined ? undefined : toActor(row);
+    const row = this.statements.selectActor.get(id) as SqliteActorRow | undefined;
+    return row === undefined ? undefined : actorFromSqliteRow(row);
   }
 
   async createActor(input: NewActor): Promise<Actor> {
@@ -335,7 +294,7 @@ export class SqliteStore implements Store {
   }
 
   async listActors(): Promise<Actor[]> {
-    return (this.statements.selectActors.all() as ActorRow[]).map(toActor);
+    return (this.statements.selectActors.all() as SqliteActorRow[]).map(actorFromSqliteRow);
   }
 
   async updateActor(id: string, patch: ActorPatch): Promise<Actor | undefined> {
@@ -393,12 +352,12 @@ export class SqliteStore implements Store {
     const changes = this.statements.revokeToken.run(new Date().toISOString(), id).changes;
     if (changes > 0) this.localVersion++;
     const row = this.statements.selectToken.get(id) as TokenRow | undefined;
-    return row === undefined ? undefined : toTokenRecord(row);
+    return row === undefined ? undefined : tokenFromRow(row);
   }
 
   /** Returns the actor's tokens, oldest first, including revoked and expired ones. */
   async listTokens(actorId: string): Promise<TokenRecord[]> {
-    return (this.statements.selectTokensOfActor.all(actorId) as TokenRow[]).map(toTokenRecord);
+    return (this.statements.selectTokensOfActor.all(actorId) as TokenRow[]).map(tokenFromRow);
   }
 
   /** Returns revoked and expired tokens too, so that the caller can report why a token fails. */
@@ -408,7 +367,7 @@ export class SqliteStore implements Store {
     const actor = this.getActorSync(row.actor_id);
     // Deleting an actor deletes its tokens, so an orphaned token exists only if foreign keys were off.
     if (actor === undefined) return undefined;
-    return { token: toTokenRecord(row), actor };
+    return { token: tokenFromRow(row), actor };
   }
 
   /**
@@ -460,8 +419,8 @@ export class SqliteStore implements Store {
     }
     const where = conditions.length === 0 ? '' : `WHERE ${conditions.join(' AND ')}`;
     const sql = `SELECT * FROM usage_events ${where} ORDER BY timestamp DESC, rowid DESC LIMIT ?`;
-    const rows = this.db.prepare(sql).all(...parameters, query.limit) as EventRow[];
-    return rows.map(toEvent);
+    const rows = this.db.prepare(sql).all(...parameters, query.limit) as SqliteEventRow[];
+    return rows.map(eventFromSqliteRow);
   }
 
   /** Throws when the connection is closed or the database cannot be read. */
