@@ -1,4 +1,4 @@
-import { createHash, randomBytes } from 'node:crypto';
+import { hash, randomBytes } from 'node:crypto';
 
 /** Prefix of every token the gateway issues, so that leaked tokens are easy to recognise and scan for. */
 export const TOKEN_PREFIX = 'llmp_';
@@ -18,7 +18,8 @@ export function generateToken(): string {
 
 /** Returns the hex SHA-256 of the token, which is the only form in which tokens are stored. */
 export function hashToken(token: string): string {
-  return createHash('sha256').update(token, 'utf8').digest('hex');
+  // The one-shot crypto.hash (Node 20.12 and later) skips the Hash object; it runs on every request.
+  return hash('sha256', token, 'hex');
 }
 
 /** Returns the first 12 characters of the token, safe to show in lists and logs. */

@@ -25,8 +25,8 @@ import {
   type CliCommand,
 } from './args.ts';
 
-/** The SQLite schema version whose tables this command reads. */
-const SUPPORTED_SQLITE_VERSION = 1;
+/** SQLite schema versions whose tables this command reads; version 2 added only a change counter. */
+const SUPPORTED_SQLITE_VERSIONS = [1, 2];
 const EVENTS_PER_PAGE = 1000;
 const PROGRESS_EVERY_EVENTS = 100_000;
 
@@ -65,9 +65,9 @@ function openSqliteReadOnly(path: string): Database.Database {
   const db = new Database(path, { readonly: true, fileMustExist: true });
   try {
     const row = db.prepare('SELECT MAX(version) AS version FROM schema_migrations').get() as { version: number | null };
-    if (row.version !== SUPPORTED_SQLITE_VERSION) {
+    if (row.version === null || !SUPPORTED_SQLITE_VERSIONS.includes(row.version)) {
       throw new CommandError(
-        `database ${resolve(path)} has schema version ${row.version ?? 'none'}, but this llm-proxy copies only version ${SUPPORTED_SQLITE_VERSION}. Run migrate-sqlite from the llm-proxy release that last opened the database`,
+        `database ${resolve(path)} has schema version ${row.version ?? 'none'}, but this llm-proxy copies only versions ${SUPPORTED_SQLITE_VERSIONS.join(' and ')}. Run migrate-sqlite from the llm-proxy release that last opened the database`,
       );
     }
   } catch (error) {

@@ -6,6 +6,7 @@ import type { GatewayError } from '../errors/errors.ts';
 import type { Reservation } from '../limits/admission.ts';
 import type { PreparedRequest, ResponseTap, RouteAdapter } from '../providers/types.ts';
 import type { Outcome, UsageEvent } from '../usage/event.ts';
+import { newEventId } from '../usage/ids.ts';
 
 function header(req: IncomingMessage, name: string): string | null {
   const value = req.headers[name];
@@ -61,7 +62,7 @@ export class RequestContext {
     const upstreamTotal = this.upstreamStartedAt === null ? null : (this.upstreamEndedAt ?? now) - this.upstreamStartedAt;
     const actor = this.actor as Actor;
     return {
-      id: `evt_${randomUUID().replaceAll('-', '')}`,
+      id: newEventId(),
       timestamp: this.timestamp,
       requestId: this.requestId,
       actorId: actor.id,

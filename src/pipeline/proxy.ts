@@ -1,3 +1,4 @@
+import { EventEmitter } from 'node:events';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { performance } from 'node:perf_hooks';
 import type { Readable } from 'node:stream';
@@ -33,11 +34,13 @@ async function runProxy(gateway: Gateway, route: RouteAdapter, req: IncomingMess
   const ctx = new RequestContext(req, res, route, gateway.config.trustProxy);
   res.setHeader('request-id', ctx.requestId);
   res.setHeader('x-request-id', ctx.requestId);
-  const abort = new AbortController();
+  // undici accepts an EventEmitter that emits 'abort' as a request signal; it is cheaper to
+  // create on every request than an AbortController.
+  const abort = new EventEmitter();
   res.on('close', () => {
     if (!res.writableFinished) {
       ctx.clientAborted = true;
-      abort.abort();
+      abort.emit('abort');
     }
   });
 
@@ -60,7 +63,7 @@ async function runProxy(gateway: Gateway, route: RouteAdapter, req: IncomingMess
     ctx.prepared = route.prepare(parseJsonObject(raw), raw);
     checkModel(ctx, provider);
     await admit(gateway, ctx);
-    await forward(gateway, ctx, provider, abort.signal);
+    await forward(gateway, ctx, provider, abort);
   } catch (error) {
     handleFailure(gateway, ctx, error);
   } finally {
@@ -155,7 +158,7 @@ function rejection(ctx: RequestContext, rejectedBy: number | 'concurrency' | und
   });
 }
 
-async function forward(gateway: Gateway, ctx: RequestContext, provider: ProviderConfig, signal: AbortSignal): Promise<void> {
+async function forward(gateway: Gateway, ctx: RequestContext, provider: ProviderConfig, signal: EventEmitter): Promise<void> {
   const prepared = ctx.prepared!;
   ctx.tap = ctx.route.createTap(prepared);
   const headers = upstreamRequestHeaders(ctx.req.headers, provider, prepared.stream, prepared.body.length);

@@ -48,7 +48,7 @@ export async function openBackends(config: Config, logger: Logger, dispatcher: A
     spool = await openSpoolingUsageStore(store, { dir: usageSpoolDir(config.dataDir), maxBytes: config.usageSpoolMaxBytes, logger });
     usageStore = spool;
   } else {
-    store = openSqliteStore(config.dataDir);
+    store = openSqliteStore(config.dataDir, { backgroundWriter: true });
     usageStore = store;
   }
   dependencies.push({ name: 'store', required: true, check: () => store.ping() });

@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
+import { Worker } from 'node:worker_threads';
 import Database from 'better-sqlite3';
 import type { Actor, ActorPatch, FeatureLimits, NewActor, TokenRecord } from '../actors/types.ts';
 import type { UsageEvent, UsageQuery } from '../usage/event.ts';
@@ -104,6 +105,23 @@ const MIGRATIONS: Migration[] = [
       CREATE INDEX usage_events_timestamp ON usage_events (timestamp);
     `,
   },
+  {
+    version: 2,
+    description: 'change counter for actors and tokens',
+    sql: `
+      CREATE TABLE change_version (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        version INTEGER NOT NULL
+      );
+      INSERT INTO change_version (id, version) VALUES (1, 0);
+      CREATE TRIGGER actors_insert_version AFTER INSERT ON actors BEGIN UPDATE change_version SET version = version + 1; END;
+      CREATE TRIGGER actors_update_version AFTER UPDATE ON actors BEGIN UPDATE change_version SET version = version + 1; END;
+      CREATE TRIGGER actors_delete_version AFTER DELETE ON actors BEGIN UPDATE change_version SET version = version + 1; END;
+      CREATE TRIGGER tokens_insert_version AFTER INSERT ON tokens BEGIN UPDATE change_version SET version = version + 1; END;
+      CREATE TRIGGER tokens_update_version AFTER UPDATE ON tokens BEGIN UPDATE change_version SET version = version + 1; END;
+      CREATE TRIGGER tokens_delete_version AFTER DELETE ON tokens BEGIN UPDATE change_version SET version = version + 1; END;
+    `,
+  },
 ];
 
 /** UsageEvent fields stored as 0 or 1. */
@@ -173,9 +191,8 @@ export class SqliteStore implements Store {
   readonly path: string;
   private readonly db: Database.Database;
   /** Bumped by this connection's own writes to actors and tokens. */
-  private localVersion = 0;
-  /** The `PRAGMA data_version` value seen by the last changeVersion call. */
-  private lastDataVersion: number;
+  /** Writes usage events on a worker thread when the store was opened with a background writer. */
+  private readonly writer: BackgroundWriter | undefined;
 
   private readonly statements: {
     insertActor: Database.Statement;
@@ -189,10 +206,11 @@ export class SqliteStore implements Store {
     selectTokensOfActor: Database.Statement;
     selectTokenByHash: Database.Statement;
     insertEvent: Database.Statement;
+    selectChangeVersion: Database.Statement;
   };
 
   /** Opens or creates the database file at `path`. The parent directory must exist. */
-  constructor(path: string) {
+  constructor(path: string, options: SqliteStoreOptions = {}) {
     this.path = path;
     this.db = new Database(path);
     try {
@@ -207,6 +225,9 @@ export class SqliteStore implements Store {
     }
 
     const columns = EVENT_COLUMNS.map(([, column]) => column);
+    // A retried batch skips the events it already stored instead of failing on the primary key.
+    const insertEventSql = `INSERT INTO usage_events (${columns.join(', ')}) VALUES (${columns.map((column) => `@${column}`).join(', ')})
+         ON CONFLICT (id) DO NOTHING`;
     this.statements = {
       insertActor: this.db.prepare(
         'INSERT INTO actors (id, name, enabled, limits, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)',
@@ -222,13 +243,10 @@ export class SqliteStore implements Store {
       revokeToken: this.db.prepare('UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL'),
       selectTokensOfActor: this.db.prepare('SELECT * FROM tokens WHERE actor_id = ? ORDER BY created_at, rowid'),
       selectTokenByHash: this.db.prepare('SELECT * FROM tokens WHERE token_hash = ?'),
-      // A retried batch skips the events it already stored instead of failing on the primary key.
-      insertEvent: this.db.prepare(
-        `INSERT INTO usage_events (${columns.join(', ')}) VALUES (${columns.map((column) => `@${column}`).join(', ')})
-         ON CONFLICT (id) DO NOTHING`,
-      ),
+      insertEvent: this.db.prepare(insertEventSql),
+      selectChangeVersion: this.db.prepare('SELECT version FROM change_version WHERE id = 1'),
     };
-    this.lastDataVersion = this.readDataVersion();
+    this.writer = options.backgroundWriter ? new BackgroundWriter(path, insertEventSql) : undefined;
   }
 
   /** Applies the migrations newer than the recorded schema version, in one immediate transaction. */
@@ -265,9 +283,6 @@ export class SqliteStore implements Store {
     return rows.map((row) => row.version);
   }
 
-  private readDataVersion(): number {
-    return this.db.pragma('data_version', { simple: true }) as number;
-  }
 
   private getActorSync(id: string): Actor | undefined {
     const row = this.statements.selectActor.get(id) as SqliteActorRow | undefined;
@@ -285,7 +300,6 @@ export class SqliteStore implements Store {
       updatedAt: now,
     };
     this.statements.insertActor.run(actor.id, actor.name, actor.enabled ? 1 : 0, JSON.stringify(actor.limits), now, now);
-    this.localVersion++;
     return actor;
   }
 
@@ -313,13 +327,11 @@ export class SqliteStore implements Store {
       return next;
     });
     const updated = update.immediate();
-    if (updated !== undefined) this.localVersion++;
     return updated;
   }
 
   async deleteActor(id: string): Promise<boolean> {
     const deleted = this.statements.deleteActor.run(id).changes > 0;
-    if (deleted) this.localVersion++;
     return deleted;
   }
 
@@ -340,7 +352,6 @@ export class SqliteStore implements Store {
       this.statements.insertToken.run(record.id, actorId, tokenHash, hint, record.createdAt, expiresAt);
     });
     insert.immediate();
-    this.localVersion++;
     return record;
   }
 
@@ -350,7 +361,6 @@ export class SqliteStore implements Store {
    */
   async revokeToken(id: string): Promise<TokenRecord | undefined> {
     const changes = this.statements.revokeToken.run(new Date().toISOString(), id).changes;
-    if (changes > 0) this.localVersion++;
     const row = this.statements.selectToken.get(id) as TokenRow | undefined;
     return row === undefined ? undefined : tokenFromRow(row);
   }
@@ -371,28 +381,18 @@ export class SqliteStore implements Store {
   }
 
   /**
-   * Returns a number that changes when another connection (another process, or another
-   * SqliteStore on the same file) has committed any write, and when this store has written to
-   * actors or tokens. Compare it for equality only, because it is not ordered.
-   *
-   * The cross-connection part comes from `PRAGMA data_version`, which SQLite changes on every
-   * commit by another connection, to any table. So a second gateway that writes usage events
-   * changes it as well, and caches keyed on it are dropped more often than strictly needed.
-   * SQLite does not change `data_version` for this connection's own commits, which is why
-   * this store also counts its own writes to actors and tokens.
+   * Returns the change counter of actors and tokens. Triggers raise it on every insert, update
+   * and delete of those tables, by any connection or process, and usage-event writes leave it
+   * alone, so caches keyed on it are dropped only when an actor or token really changed.
    */
   async changeVersion(): Promise<number> {
-    const dataVersion = this.readDataVersion();
-    if (dataVersion !== this.lastDataVersion) {
-      this.lastDataVersion = dataVersion;
-      this.localVersion++;
-    }
-    return this.localVersion;
+    return (this.statements.selectChangeVersion.get() as { version: number }).version;
   }
 
   /** Inserts the batch in one transaction. Events whose id is already stored are skipped. */
   async insertEvents(events: UsageEvent[]): Promise<void> {
     if (events.length === 0) return;
+    if (this.writer !== undefined) return this.writer.write(events.map(toEventRow));
     const insertAll = this.db.transaction((batch: UsageEvent[]) => {
       for (const event of batch) this.statements.insertEvent.run(toEventRow(event));
     });
@@ -430,12 +430,66 @@ export class SqliteStore implements Store {
 
   /** Closes the connection. Calling it again does nothing. */
   async close(): Promise<void> {
+    await this.writer?.close();
     if (this.db.open) this.db.close();
   }
 }
 
+export interface SqliteStoreOptions {
+  /**
+   * Write usage events on a worker thread with its own connection. A batch of 500 events takes
+   * about 12 ms to insert, which would otherwise stall every request on the event loop.
+   */
+  backgroundWriter?: boolean;
+}
+
+/** Sends event batches to the writer thread and resolves each write when it is committed. */
+class BackgroundWriter {
+  private readonly worker: Worker;
+  private readonly waiting = new Map<number, { resolve: () => void; reject: (error: Error) => void }>();
+  private nextId = 1;
+
+  constructor(path: string, insertSql: string) {
+    this.worker = new Worker(new URL('./sqlite-writer.mjs', import.meta.url), { workerData: { path, insertSql } });
+    this.worker.unref();
+    this.worker.on('message', (message: { id: number; error?: { message: string; code?: string } }) => {
+      const pending = this.waiting.get(message.id);
+      if (pending === undefined) return;
+      this.waiting.delete(message.id);
+      if (this.waiting.size === 0) this.worker.unref();
+      if (message.error === undefined) pending.resolve();
+      else pending.reject(Object.assign(new Error(message.error.message), { code: message.error.code }));
+    });
+    this.worker.on('error', (error) => this.failAll(error));
+    this.worker.on('exit', (code) => this.failAll(new Error(`the SQLite writer thread exited with code ${code}`)));
+  }
+
+  write(rows: SqliteEventRow[]): Promise<void> {
+    const id = this.nextId++;
+    // The thread keeps the process alive only while a write is pending, so an unflushed batch is
+    // never lost to an event loop that runs out of other work.
+    if (this.waiting.size === 0) this.worker.ref();
+    return new Promise((resolve, reject) => {
+      this.waiting.set(id, { resolve, reject });
+      this.worker.postMessage({ type: 'insert', id, rows });
+    });
+  }
+
+  private failAll(error: Error): void {
+    for (const pending of this.waiting.values()) pending.reject(error);
+    this.waiting.clear();
+  }
+
+  async close(): Promise<void> {
+    const exited = new Promise((resolve) => this.worker.once('exit', resolve));
+    this.worker.ref();
+    this.worker.postMessage({ type: 'close' });
+    await exited;
+  }
+}
+
 /** Opens `<dataDir>/llm-proxy.db`, creating the directory and the database when missing. */
-export function openSqliteStore(dataDir: string): SqliteStore {
+export function openSqliteStore(dataDir: string, options: SqliteStoreOptions = {}): SqliteStore {
   mkdirSync(dataDir, { recursive: true });
-  return new SqliteStore(databasePath(dataDir));
+  return new SqliteStore(databasePath(dataDir), options);
 }
