@@ -118,7 +118,7 @@ export class ActorResolver {
       throw new GatewayError('missing_token', 'no access token given: send "Authorization: Bearer <token>" or "x-api-key: <token>"');
     }
     if (!looksLikeToken(token)) {
-      throw new GatewayError('invalid_token', 'the access token is not a valid LLM Proxy token; tokens start with "llmp_"');
+      throw new GatewayError('invalid_token', 'the access token is malformed; LLM Proxy tokens are "llmp_" followed by 43 letters, digits, "-" or "_"');
     }
     const hash = hashToken(token);
     const value = await this.lookup(hash);

@@ -1,27 +1,20 @@
 import { timingSafeEqual, createHash } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { generateToken, hashToken, tokenHint } from '../actors/tokens.ts';
-import type { Actor, ActorPatch, TokenRecord } from '../actors/types.ts';
+import { actorToJson } from '../actors/json.ts';
+import type { ActorPatch, TokenRecord } from '../actors/types.ts';
 import { ConfigError, parseFeatureLimits } from '../config/config.ts';
 import { formatDuration, parseDuration } from '../config/duration.ts';
 import { GatewayError } from '../errors/errors.ts';
 import { parseJsonObject, readBody } from '../server/body.ts';
 import type { Gateway } from '../server/gateway.ts';
 import { sendError, sendJson, toGatewayError } from '../server/respond.ts';
+import { isStoreUnavailable } from '../storage/errors.ts';
 import { eventToJson } from '../usage/json.ts';
 
 const MAX_ADMIN_BODY = 1024 * 1024;
 const MAX_USAGE_PAGE = 1000;
-
-/** Renders an actor with intervals as Go durations, the form the admin API accepts back. */
-export function actorToJson(actor: Actor) {
-  const limits: Record<string, unknown> = {};
-  for (const [feature, limit] of Object.entries(actor.limits)) {
-    if (limit === undefined) continue;
-    limits[feature] = { limit: limit.limit, interval: formatDuration(limit.intervalSeconds), intervalSeconds: limit.intervalSeconds, allowedModels: limit.allowedModels };
-  }
-  return { id: actor.id, name: actor.name, enabled: actor.enabled, limits, createdAt: actor.createdAt, updatedAt: actor.updatedAt };
-}
+const ACTOR_FIELDS = ['name', 'enabled', 'limits'];
 
 function tokenToJson(token: TokenRecord) {
   return { id: token.id, actorId: token.actorId, hint: token.hint, createdAt: token.createdAt, expiresAt: token.expiresAt, revokedAt: token.revokedAt };
@@ -70,6 +63,7 @@ function readLimits(value: unknown) {
 
 /** Accepts `expiresAt` (ISO 8601, in the future) or `expiresIn` (a duration from now). */
 function readExpiry(body: Record<string, unknown>): string | null {
+  if (body.expiresAt != null && body.expiresIn != null) throw invalid('give expiresAt or expiresIn, not both', 'expiresAt');
   if (body.expiresAt !== undefined && body.expiresAt !== null) {
     const at = typeof body.expiresAt === 'string' ? Date.parse(body.expiresAt) : Number.NaN;
     if (Number.isNaN(at)) throw invalid('expiresAt: expected an ISO 8601 date-time such as 2027-01-31T00:00:00Z', 'expiresAt');
@@ -84,8 +78,13 @@ function readExpiry(body: Record<string, unknown>): string | null {
   return null;
 }
 
-async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> {
-  return parseJsonObject(await readBody(req, MAX_ADMIN_BODY));
+/** Reads a JSON object body; an empty body counts as `{}`. Fields outside `allowed` are rejected. */
+async function readJson(req: IncomingMessage, allowed: string[]): Promise<Record<string, unknown>> {
+  const raw = await readBody(req, MAX_ADMIN_BODY);
+  const body = raw.length === 0 ? {} : parseJsonObject(raw);
+  const unknown = Object.keys(body).find((key) => !allowed.includes(key));
+  if (unknown !== undefined) throw invalid(`${unknown}: unknown field; expected ${allowed.join(', ')}`, unknown);
+  return body;
 }
 
 function parseQuery(query: string): URLSearchParams {
@@ -99,13 +98,18 @@ function parseQuery(query: string): URLSearchParams {
 export async function handleAdmin(gateway: Gateway, req: IncomingMessage, res: ServerResponse, path: string, query: string): Promise<void> {
   const requestId = res.getHeader('request-id') as string;
   try {
+    if (req.headers.authorization === undefined) {
+      throw new GatewayError('missing_token', 'the admin API needs "Authorization: Bearer <LLM_PROXY_ADMIN_TOKEN>"');
+    }
     if (!isAdmin(req, gateway.config.adminToken as string)) {
-      throw new GatewayError('invalid_token', 'the admin API needs "Authorization: Bearer <LLM_PROXY_ADMIN_TOKEN>"');
+      throw new GatewayError('invalid_token', 'the admin token is wrong; the admin API needs "Authorization: Bearer <LLM_PROXY_ADMIN_TOKEN>"');
     }
     await route(gateway, req, res, path, query);
   } catch (error) {
-    const failure = toGatewayError(error);
-    if (failure.code === 'internal_error') gateway.logger.error({ err: error, requestId, path }, 'admin request failed');
+    const failure = isStoreUnavailable(error)
+      ? new GatewayError('store_unavailable', 'the store is unavailable; retry shortly', { cause: error, headers: { 'retry-after': '1' } })
+      : toGatewayError(error);
+    if (failure.code === 'internal_error' || failure.code === 'store_unavailable') gateway.logger.error({ err: error, requestId, path }, 'admin request failed');
     sendError(res, 'openai', failure, requestId);
   }
 }
@@ -122,7 +126,7 @@ async function route(gateway: Gateway, req: IncomingMessage, res: ServerResponse
   if (parts[0] === 'actors' && parts.length === 1) {
     if (method === 'GET') return sendJson(res, 200, { actors: (await store.listActors()).map(actorToJson) });
     if (method !== 'POST') throw wrongMethod('GET, POST');
-    const body = await readJson(req);
+    const body = await readJson(req, ACTOR_FIELDS);
     const actor = await store.createActor({
       name: readName(body.name),
       enabled: body.enabled === undefined ? true : readEnabled(body.enabled),
@@ -140,7 +144,7 @@ async function route(gateway: Gateway, req: IncomingMessage, res: ServerResponse
       return sendJson(res, 200, actorToJson(actor));
     }
     if (method === 'PATCH') {
-      const body = await readJson(req);
+      const body = await readJson(req, ACTOR_FIELDS);
       const patch: ActorPatch = {};
       if (body.name !== undefined) patch.name = readName(body.name);
       if (body.enabled !== undefined) patch.enabled = readEnabled(body.enabled);
@@ -169,7 +173,7 @@ async function route(gateway: Gateway, req: IncomingMessage, res: ServerResponse
       return sendJson(res, 200, { tokens: (await store.listTokens(actorId)).map(tokenToJson) });
     }
     if (method !== 'POST') throw wrongMethod('GET, POST');
-    const body = await readJson(req);
+    const body = await readJson(req, ['expiresAt', 'expiresIn']);
     const expiresAt = readExpiry(body);
     if ((await store.getActor(actorId)) === undefined) throw notFound('actor', actorId);
     const token = generateToken();

@@ -13,6 +13,7 @@ import {
   UsageError,
   type CliCommand,
 } from './args.ts';
+import { actorToJson } from '../actors/json.ts';
 import { formatJson, renderActor, renderTable, summarizeLimits } from './format.ts';
 
 const LIMIT_SYNTAX = /^([^=]*)=([^/]*)\/([^:]*)(?::(.*))?$/;
@@ -105,7 +106,7 @@ ${formatOptionsHelp([
     try {
       const actor = await store.createActor({ name, enabled: !flagOption(values, 'disabled'), limits });
       if (flagOption(values, 'json')) {
-        io.stdout.write(formatJson(actor));
+        io.stdout.write(formatJson(actorToJson(actor)));
         return 0;
       }
       io.stdout.write(`Created actor ${actor.id}\n\n${renderActor(actor)}\n`);
@@ -137,7 +138,7 @@ ${formatOptionsHelp([['--json', 'Print the actors as a JSON array']])}
     try {
       const actors = await store.listActors();
       if (flagOption(values, 'json')) {
-        io.stdout.write(formatJson(actors));
+        io.stdout.write(formatJson(actors.map(actorToJson)));
         return 0;
       }
       if (actors.length === 0) {
@@ -178,7 +179,7 @@ ${formatOptionsHelp([['--json', 'Print the updated actor as JSON']])}
         if (actor === undefined) {
           throw new CommandError(`actor ${actorId} not found; run "llm-proxy actors list" to see actor ids`);
         }
-        if (flagOption(values, 'json')) io.stdout.write(formatJson(actor));
+        if (flagOption(values, 'json')) io.stdout.write(formatJson(actorToJson(actor)));
         else io.stdout.write(`${enabled ? 'Enabled' : 'Disabled'} actor ${actor.id} (${actor.name})\n`);
         return 0;
       } finally {

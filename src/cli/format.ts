@@ -7,7 +7,20 @@ export type Alignment = 'left' | 'right';
  * Renders rows as columns separated by two spaces, with a header line. Columns are left-aligned
  * unless their entry in `alignments` is 'right'. Trailing spaces are removed from every line.
  */
-export function renderTable(headers: string[], rows: string[][], alignments: Alignment[] = []): string {
+/** Longest cell a table shows; longer values are cut with an ellipsis. */
+const MAX_CELL_LENGTH = 60;
+
+/**
+ * Makes a value safe to print in a terminal: control characters (escape sequences, line breaks)
+ * become `?`, and long values are cut. Usage events hold caller-supplied text such as user agents.
+ */
+export function printableCell(value: string): string {
+  const clean = value.replace(/[\u0000-\u001f\u007f-\u009f]/g, '?');
+  return clean.length > MAX_CELL_LENGTH ? `${clean.slice(0, MAX_CELL_LENGTH - 1)}…` : clean;
+}
+
+export function renderTable(headers: string[], rawRows: string[][], alignments: Alignment[] = []): string {
+  const rows = rawRows.map((row) => row.map(printableCell));
   const widths = headers.map((header, column) => Math.max(header.length, ...rows.map((row) => (row[column] ?? '').length)));
   const renderRow = (cells: string[]): string =>
     cells

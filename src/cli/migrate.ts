@@ -107,8 +107,8 @@ function formatCounts(rows: [label: string, counts: CopyCounts][]): string {
     .join('');
 }
 
-function parseSchema(values: OptionValues, command: string): string | undefined {
-  const schema = stringOption(values, 'schema');
+function parseSchema(values: OptionValues, io: CliIo, command: string): string | undefined {
+  const schema = stringOption(values, 'schema') ?? loadConfig(io.env, stringOption(values, 'config')).databaseSchema ?? undefined;
   if (schema === undefined) return undefined;
   try {
     return validateSchemaName(schema);
@@ -143,7 +143,7 @@ ${formatOptionsHelp([
   async run({ values, positionals }, io) {
     expectPositionals(this.name, positionals, []);
     const url = resolveTargetUrl(values, io, this.name);
-    const schema = parseSchema(values, this.name);
+    const schema = parseSchema(values, io, this.name);
     const path = databasePath(resolveDataDir(values, io.env));
 
     // Imported here so that the other commands do not load pg.

@@ -9,6 +9,7 @@ import {
   UsageError,
   type CliCommand,
 } from './args.ts';
+import { eventToJson } from '../usage/json.ts';
 import { formatJson, formatTime, renderTable, type Alignment } from './format.ts';
 
 const DEFAULT_LIMIT = 50;
@@ -115,7 +116,7 @@ ${formatOptionsHelp([
     try {
       const events = await store.queryEvents({ actorId: stringOption(values, 'actor'), since, limit });
       if (flagOption(values, 'json')) {
-        io.stdout.write(formatJson(events));
+        io.stdout.write(formatJson(events.map(eventToJson)));
       } else if (events.length === 0) {
         io.stdout.write('No usage events match.\n');
       } else {

@@ -175,9 +175,12 @@ function optionalUrl(protocols: string[], example: string): Parser {
     } catch {
       parsed = undefined;
     }
-    if (parsed === undefined || !protocols.includes(parsed.protocol)) {
+    if (parsed === undefined) {
       // The value can hold a password, so it is not repeated in the message.
       throw new ConfigError(setting, 'the value is not a valid URL', `a URL such as ${example}`);
+    }
+    if (!protocols.includes(parsed.protocol)) {
+      throw new ConfigError(setting, `the URL scheme ${parsed.protocol} is not supported`, `${protocols.map((protocol) => `${protocol}//`).join(' or ')}, such as ${example}`);
     }
     return value;
   };
@@ -192,6 +195,10 @@ const identifier: Parser = (raw, setting) => {
 };
 
 const secret: Parser = (raw, setting) => {
+  if (typeof raw === 'number') {
+    // YAML reads an unquoted long number as a float and rounds it, so the secret would change.
+    throw new ConfigError(setting, 'the value is a number', 'a quoted string in YAML, such as "0123456789012345"');
+  }
   const value = optionalText(raw, setting) as string | null;
   if (value !== null && /\s/.test(value)) {
     throw new ConfigError(setting, 'the value contains white space', 'the key exactly as issued, without spaces or line breaks');

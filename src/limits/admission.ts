@@ -36,6 +36,8 @@ export interface ReservationInput {
   maxOutputTokens: number | null;
   /** Output tokens reserved when the request sets no output cap. */
   defaultOutputReservation: number;
+  /** A better input estimate than the character count, when the request gives one (token-id inputs). */
+  promptTokenEstimate?: number;
 }
 
 /** Builds the checks one request must pass: its quota, its token budgets, and a concurrency lease. */
@@ -47,7 +49,10 @@ export function buildReservation(input: ReservationInput): Reservation {
   let reservedInput = 0;
   let reservedOutput = 0;
   if (feature === 'embeddings') {
-    checks.push({ key: key('tokens'), limit: limit.limit, intervalMs, cost: 0, mode: 'remaining' });
+    // The reservation keeps concurrent requests from all passing while the budget looks unused;
+    // the settlement replaces it with the tokens the provider reports.
+    reservedInput = Math.max(1, input.promptTokenEstimate ?? estimatePromptTokens(input.promptChars));
+    checks.push({ key: key('tokens'), limit: limit.limit, intervalMs, cost: reservedInput, mode: 'remaining' });
   } else {
     checks.push({ key: key('requests'), limit: limit.limit, intervalMs, cost: 1, mode: 'fit' });
     if (limit.tokenLimit !== undefined || limit.inputTokenLimit !== undefined || limit.outputTokenLimit !== undefined) {

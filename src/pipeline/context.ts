@@ -8,10 +8,12 @@ import type { PreparedRequest, ResponseTap, RouteAdapter } from '../providers/ty
 import type { Outcome, UsageEvent } from '../usage/event.ts';
 import { newEventId } from '../usage/ids.ts';
 
+/** Reads a header for the usage event. Node decodes header bytes as Latin-1; UTF-8 senders are re-decoded. */
 function header(req: IncomingMessage, name: string): string | null {
   const value = req.headers[name];
   if (value === undefined) return null;
-  return Array.isArray(value) ? value.join(', ') : value;
+  const text = Array.isArray(value) ? value.join(', ') : value;
+  return /[^\x00-\x7f]/.test(text) ? Buffer.from(text, 'latin1').toString('utf8') : text;
 }
 
 /** Everything one proxied request gathers on its way through the pipeline. */

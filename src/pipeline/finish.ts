@@ -32,8 +32,9 @@ function settleOutcome(ctx: RequestContext): void {
   const meter = ctx.tap?.meter;
   if (meter?.errorEvent) {
     ctx.outcome = 'upstream_error';
-  } else if (ctx.prepared?.stream && meter !== undefined && !meter.finished && ctx.upstreamStatus !== null && ctx.upstreamStatus < 300) {
-    // A stream that ended cleanly but without its last event was cut short upstream.
+  } else if (ctx.prepared?.stream && meter !== undefined && !meter.finished && !meter.usageReported && ctx.upstreamStatus !== null && ctx.upstreamStatus < 300) {
+    // A stream that ended cleanly but before its last event and its final usage report was cut
+    // short upstream. One that reported its final usage delivered the whole answer.
     ctx.outcome = 'upstream_error';
   }
 }

@@ -15,7 +15,8 @@ import type { Gateway } from '../server/gateway.ts';
 import { sendError, toGatewayError } from '../server/respond.ts';
 import { RequestContext } from './context.ts';
 import { finishRequest } from './finish.ts';
-import { clientResponseHeaders, decodeBody, readAll, relayUpstreamError, upstreamRequestHeaders, writeChunk } from './upstream.ts';
+import { maskKeyInChunk } from './sanitize.ts';
+import { clientResponseHeaders, reasonPhrase, decodeBody, readAll, relayUpstreamError, upstreamRequestHeaders, writeChunk } from './upstream.ts';
 
 /**
  * Handles one proxied API call. The steps run in this order, and each ends the request on its
@@ -101,9 +102,18 @@ function requireProvider(gateway: Gateway, route: RouteAdapter): ProviderConfig 
 }
 
 function checkModel(ctx: RequestContext, provider: ProviderConfig): void {
-  const model = ctx.prepared?.model as string;
+  const prepared = ctx.prepared!;
+  const model = prepared.model;
   if (!isModelAllowed(model, provider.name, provider.allowedModels, ctx.limit?.allowedModels ?? [])) {
     throw new GatewayError('model_not_allowed', `model ${JSON.stringify(model)} is not allowed for feature ${ctx.feature}`, { param: 'model' });
+  }
+  // Callers may name the model with this gateway's `provider/` prefix; the provider knows it
+  // without one. This is the only case where the gateway rewrites the request body.
+  const prefix = `${provider.name}/`;
+  if (model.length > prefix.length && model.slice(0, prefix.length).toLowerCase() === prefix) {
+    const json = JSON.parse(prepared.body.toString('utf8')) as Record<string, unknown>;
+    json.model = model.slice(prefix.length);
+    prepared.body = Buffer.from(JSON.stringify(json), 'utf8');
   }
 }
 
@@ -121,6 +131,7 @@ async function admit(gateway: Gateway, ctx: RequestContext): Promise<void> {
     promptChars: ctx.prepared!.promptChars,
     maxOutputTokens: ctx.prepared!.maxOutputTokens,
     defaultOutputReservation: gateway.config.tokenReservationDefault,
+    promptTokenEstimate: ctx.prepared!.promptTokenEstimate,
   });
   const result = await gateway.limiter.admit(reservation.checks, reservation.lease);
   const primary = result.counters[0];
@@ -186,32 +197,32 @@ async function forward(gateway: Gateway, ctx: RequestContext, provider: Provider
     body.resume();
     throw new GatewayError('upstream_unreachable', `the ${provider.name} provider answered with an unsupported content encoding`);
   }
-  const out = clientResponseHeaders(response.headers, ctx.requestId);
+  const out = clientResponseHeaders(response.headers, ctx.requestId, provider.apiKey);
   const contentType = String(response.headers['content-type'] ?? '');
   ctx.status = status;
 
   if (contentType.includes('text/event-stream')) {
     out['cache-control'] = 'no-cache';
     out['x-accel-buffering'] = 'no';
-    ctx.res.writeHead(status, out);
+    ctx.res.writeHead(status, reasonPhrase(status), out);
     ctx.res.flushHeaders();
-    await relayStream(ctx, decoded);
+    await relayStream(ctx, decoded, providerKeyBytes(provider));
   } else {
     const payload = await readAll(decoded);
     ctx.tap.jsonBody(payload);
     out['content-length'] = payload.length;
-    ctx.res.writeHead(status, out);
+    ctx.res.writeHead(status, reasonPhrase(status), out);
     ctx.res.end(payload);
   }
   ctx.upstreamEndedAt = performance.now();
 }
 
 /** Forwards each upstream chunk as it arrives, through the route's usage tap. */
-async function relayStream(ctx: RequestContext, body: Readable): Promise<void> {
+async function relayStream(ctx: RequestContext, body: Readable, key: Buffer | undefined): Promise<void> {
   const tap = ctx.tap!;
   try {
     for await (const chunk of body) {
-      const forwardBytes = tap.streamChunk(chunk as Buffer);
+      const forwardBytes = tap.streamChunk(maskKeyInChunk(chunk as Buffer, key));
       if (forwardBytes !== undefined && forwardBytes.length > 0) await writeChunk(ctx, forwardBytes);
     }
   } catch (error) {
@@ -222,6 +233,13 @@ async function relayStream(ctx: RequestContext, body: Readable): Promise<void> {
   const rest = tap.streamEnd();
   if (rest !== undefined) ctx.res.write(rest);
   ctx.res.end();
+}
+
+const keyBytes = new WeakMap<ProviderConfig, Buffer | undefined>();
+
+function providerKeyBytes(provider: ProviderConfig): Buffer | undefined {
+  if (!keyBytes.has(provider)) keyBytes.set(provider, provider.apiKey !== null && provider.apiKey.length >= 8 ? Buffer.from(provider.apiKey) : undefined);
+  return keyBytes.get(provider);
 }
 
 function isCode(error: unknown, ...codes: string[]): boolean {

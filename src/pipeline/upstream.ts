@@ -1,4 +1,4 @@
-import type { IncomingHttpHeaders, OutgoingHttpHeaders } from 'node:http';
+import { STATUS_CODES, type IncomingHttpHeaders, type OutgoingHttpHeaders } from 'node:http';
 import { once } from 'node:events';
 import type { Readable } from 'node:stream';
 import { createBrotliDecompress, createGunzip, createInflate } from 'node:zlib';
@@ -6,7 +6,7 @@ import type { ProviderConfig } from '../config/config.ts';
 import { GatewayError } from '../errors/errors.ts';
 import type { Gateway } from '../server/gateway.ts';
 import type { RequestContext } from './context.ts';
-import { sanitizeUpstreamText } from './sanitize.ts';
+import { headerLeaksKey, sanitizeUpstreamText } from './sanitize.ts';
 
 /** Client headers passed on to the provider. Everything else, credentials included, stays behind. */
 const FORWARDED_REQUEST_HEADERS = new Set([
@@ -70,7 +70,7 @@ export function upstreamRequestHeaders(incoming: IncomingHttpHeaders, provider: 
 }
 
 /** Copies the upstream's end-to-end headers, minus those named in its `Connection` header. */
-export function clientResponseHeaders(upstream: IncomingHttpHeaders, requestId: string): OutgoingHttpHeaders {
+export function clientResponseHeaders(upstream: IncomingHttpHeaders, requestId: string, providerKey: string | null = null): OutgoingHttpHeaders {
   const named = new Set<string>();
   const connection = upstream.connection;
   if (typeof connection === 'string') {
@@ -80,6 +80,7 @@ export function clientResponseHeaders(upstream: IncomingHttpHeaders, requestId: 
   for (const name in upstream) {
     if (DROPPED_RESPONSE_HEADERS.has(name) || named.has(name)) continue;
     if (DROPPED_RESPONSE_PREFIXES.some((prefix) => name.startsWith(prefix))) continue;
+    if (headerLeaksKey(upstream[name], providerKey)) continue;
     headers[name] = upstream[name];
   }
   const upstreamId = upstream['request-id'] ?? upstream['x-request-id'];
@@ -155,14 +156,21 @@ export async function relayUpstreamError(gateway: Gateway, ctx: RequestContext, 
     raw = Buffer.alloc(0);
   }
   const text = sanitizeUpstreamText(raw.toString('utf8'), provider);
-  const out = clientResponseHeaders(headers, ctx.requestId);
+  const out = clientResponseHeaders(headers, ctx.requestId, provider.apiKey);
   const retryAfter = headers['retry-after'];
   if (retryAfter !== undefined) out['retry-after'] = retryAfter;
   out['content-length'] = Buffer.byteLength(text);
   ctx.status = status;
   gateway.logger.debug({ requestId: ctx.requestId, status, body: text.slice(0, 512) }, 'upstream returned an error status');
-  res.writeHead(status, out);
+  res.writeHead(status, reasonPhrase(status), out);
   res.end(text);
+}
+
+/** Status lines for codes Node does not name, such as Anthropic's 529. */
+const EXTRA_REASONS: Record<number, string> = { 529: 'Overloaded' };
+
+export function reasonPhrase(status: number): string {
+  return STATUS_CODES[status] ?? EXTRA_REASONS[status] ?? 'Unknown';
 }
 
 /** Writes a chunk, waiting for the client to drain when its socket buffer is full. */

@@ -1,10 +1,17 @@
 import { GatewayError } from '../errors/errors.ts';
 
+/** Model names end up in logs, usage tables and terminals, so they are kept short and printable. */
+const MAX_MODEL_LENGTH = 256;
+const CONTROL_CHARACTERS = /[\u0000-\u001f\u007f-\u009f]/;
+
 /** Reads the required `model` field; every route needs it for access checks and metering. */
 export function requireModel(json: Record<string, unknown>): string {
   const model = json.model;
   if (typeof model !== 'string' || model.trim() === '') {
     throw new GatewayError('invalid_request', 'model: a non-empty string is required', { param: 'model' });
+  }
+  if (model.length > MAX_MODEL_LENGTH || CONTROL_CHARACTERS.test(model)) {
+    throw new GatewayError('invalid_request', `model: expected a model name of at most ${MAX_MODEL_LENGTH} printable characters`, { param: 'model' });
   }
   return model;
 }

@@ -10,6 +10,8 @@ export interface PreparedRequest {
   /** Bytes to send upstream: the client's own bytes unless the gateway had to change the body. */
   body: Buffer;
   promptChars: number;
+  /** Input tokens known from the request itself (embeddings given as token ids). */
+  promptTokenEstimate?: number;
   /** The request's output cap (`max_tokens` and its variants), used to reserve token budgets. */
   maxOutputTokens: number | null;
   /** The prompt text, for a local token estimate when the provider reports no input tokens. */

@@ -4,7 +4,7 @@ import { RedisChangeBus } from '../actors/redis-changes.ts';
 import { RemoteActorSource } from '../actors/remote-source.ts';
 import { ActorSyncWorker, RedisLeaderLock, soleLeader, type LeaderLock } from '../actors/sync.ts';
 import type { ActorResolver } from '../actors/resolver.ts';
-import type { Config } from '../config/config.ts';
+import { ConfigError, type Config } from '../config/config.ts';
 import type { Limiter } from '../limits/limiter.ts';
 import { MemoryLimiter } from '../limits/memory.ts';
 import { createRedisClient, RedisLimiter } from '../limits/redis.ts';
@@ -48,7 +48,12 @@ export async function openBackends(config: Config, logger: Logger, dispatcher: A
     spool = await openSpoolingUsageStore(store, { dir: usageSpoolDir(config.dataDir), maxBytes: config.usageSpoolMaxBytes, logger });
     usageStore = spool;
   } else {
-    store = openSqliteStore(config.dataDir, { backgroundWriter: true });
+    try {
+      store = openSqliteStore(config.dataDir, { backgroundWriter: true });
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code ?? (error as Error).message;
+      throw new ConfigError('LLM_PROXY_DATA_DIR', `cannot open the database in ${config.dataDir} (${code})`, 'a writable folder');
+    }
     usageStore = store;
   }
   dependencies.push({ name: 'store', required: true, check: () => store.ping() });

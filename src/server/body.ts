@@ -13,48 +13,67 @@ function tooLarge(maxBytes: number): GatewayError {
   return new GatewayError('body_too_large', `request body is larger than the ${maxBytes}-byte limit (LLM_PROXY_MAX_BODY_BYTES)`);
 }
 
+/**
+ * Collects one request body. A class with bound listeners, rather than closures made per call,
+ * because this runs on every request.
+ */
+class BodyCollector {
+  private readonly chunks: Buffer[] = [];
+  private size = 0;
+
+  constructor(
+    private readonly req: IncomingMessage,
+    private readonly maxBytes: number,
+    private readonly resolve: (body: Buffer) => void,
+    private readonly reject: (error: Error) => void,
+  ) {
+    req.on('data', this.onData);
+    req.on('end', this.onEnd);
+    req.on('error', this.onError);
+    req.on('close', this.onClose);
+  }
+
+  private cleanup(): void {
+    this.req.off('data', this.onData);
+    this.req.off('end', this.onEnd);
+    this.req.off('error', this.onError);
+    this.req.off('close', this.onClose);
+  }
+
+  private readonly onData = (chunk: Buffer): void => {
+    this.size += chunk.length;
+    if (this.size > this.maxBytes) {
+      this.cleanup();
+      this.req.resume();
+      this.reject(tooLarge(this.maxBytes));
+      return;
+    }
+    this.chunks.push(chunk);
+  };
+
+  private readonly onEnd = (): void => {
+    this.cleanup();
+    this.resolve(this.chunks.length === 1 ? this.chunks[0] : Buffer.concat(this.chunks, this.size));
+  };
+
+  private readonly onError = (): void => {
+    this.cleanup();
+    this.reject(new ClientClosedError());
+  };
+
+  private readonly onClose = (): void => {
+    if (!this.req.complete) {
+      this.cleanup();
+      this.reject(new ClientClosedError());
+    }
+  };
+}
+
 /** Reads the whole request body, failing fast with 413 once it passes `maxBytes`. */
 export function readBody(req: IncomingMessage, maxBytes: number): Promise<Buffer> {
   const declared = Number(req.headers['content-length']);
   if (Number.isFinite(declared) && declared > maxBytes) return Promise.reject(tooLarge(maxBytes));
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    const cleanup = () => {
-      req.off('data', onData);
-      req.off('end', onEnd);
-      req.off('error', onError);
-      req.off('close', onClose);
-    };
-    const onData = (chunk: Buffer) => {
-      size += chunk.length;
-      if (size > maxBytes) {
-        cleanup();
-        req.resume();
-        reject(tooLarge(maxBytes));
-        return;
-      }
-      chunks.push(chunk);
-    };
-    const onEnd = () => {
-      cleanup();
-      resolve(chunks.length === 1 ? chunks[0] : Buffer.concat(chunks, size));
-    };
-    const onError = () => {
-      cleanup();
-      reject(new ClientClosedError());
-    };
-    const onClose = () => {
-      if (!req.complete) {
-        cleanup();
-        reject(new ClientClosedError());
-      }
-    };
-    req.on('data', onData);
-    req.on('end', onEnd);
-    req.on('error', onError);
-    req.on('close', onClose);
-  });
+  return new Promise((resolve, reject) => new BodyCollector(req, maxBytes, resolve, reject));
 }
 
 /** Parses a request body that must be one JSON object. */

@@ -39,6 +39,10 @@ export async function handleLimits(gateway: Gateway, req: IncomingMessage, res: 
         usage: usage.used,
         ...(usage.used > 0 && usage.resetAt !== undefined ? { expiry: new Date(usage.resetAt).toISOString() } : {}),
         allowedModels: limit.allowedModels,
+        ...(limit.concurrency === undefined ? {} : { concurrency: limit.concurrency }),
+        ...(limit.tokenLimit === undefined ? {} : { tokenLimit: limit.tokenLimit }),
+        ...(limit.inputTokenLimit === undefined ? {} : { inputTokenLimit: limit.inputTokenLimit }),
+        ...(limit.outputTokenLimit === undefined ? {} : { outputTokenLimit: limit.outputTokenLimit }),
       };
     }
   } catch (error) {

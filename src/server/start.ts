@@ -1,10 +1,11 @@
+import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { DestinationStream } from 'pino';
 import { Agent } from 'undici';
 import { ActorResolver } from '../actors/resolver.ts';
-import type { Config } from '../config/config.ts';
+import { ConfigError, type Config } from '../config/config.ts';
 import type { Limiter } from '../limits/limiter.ts';
 import { createLogger } from '../logging/logger.ts';
 import type { Store } from '../storage/store.ts';
@@ -74,19 +75,42 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
       else res.destroy();
     });
   });
-  server.on('clientError', (error, socket) => {
+  server.on('clientError', (error: NodeJS.ErrnoException, socket) => {
     logger.debug({ err: error }, 'malformed HTTP request');
-    if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
-    else socket.destroy();
+    if (!socket.writable) {
+      socket.destroy();
+      return;
+    }
+    const tooLarge = error.code === 'HPE_HEADER_OVERFLOW';
+    const requestId = `req_${randomUUID().replaceAll('-', '')}`;
+    const body = JSON.stringify({
+      error: {
+        message: tooLarge ? 'request headers are too large' : 'malformed HTTP request',
+        type: 'invalid_request_error',
+        param: null,
+        code: tooLarge ? 'headers_too_large' : 'malformed_request',
+      },
+      request_id: requestId,
+    });
+    const status = tooLarge ? '431 Request Header Fields Too Large' : '400 Bad Request';
+    socket.end(
+      `HTTP/1.1 ${status}\r\nConnection: close\r\nContent-Type: application/json\r\nrequest-id: ${requestId}\r\nx-request-id: ${requestId}\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
+    );
   });
 
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(config.port, config.host, () => {
-      server.off('error', reject);
-      resolve();
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(config.port, config.host, () => {
+        server.off('error', reject);
+        resolve();
+      });
     });
-  });
+  } catch (error) {
+    await backends.close().catch(() => undefined);
+    const code = (error as NodeJS.ErrnoException).code ?? 'error';
+    throw new ConfigError('LLM_PROXY_HOST and LLM_PROXY_PORT', `cannot listen on ${config.host}:${config.port} (${code})`, 'a local address and a free port');
+  }
   const port = (server.address() as AddressInfo).port;
   const host = config.host.includes(':') ? `[${config.host}]` : config.host;
   const url = `http://${host === '0.0.0.0' || host === '[::]' ? '127.0.0.1' : host}:${port}`;

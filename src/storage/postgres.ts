@@ -101,7 +101,11 @@ function toEvent(row: EventRow): UsageEvent {
 }
 
 function eventValues(event: UsageEvent): unknown[] {
-  return EVENT_COLUMNS.map(([field]) => event[field] ?? null);
+  // Postgres text cannot hold NUL characters, which a caller can put in a header; they are dropped.
+  return EVENT_COLUMNS.map(([field]) => {
+    const value = event[field] ?? null;
+    return typeof value === 'string' && value.includes('\u0000') ? value.replaceAll('\u0000', '') : value;
+  });
 }
 
 /** Returns `host:port/database` from a connection URL, leaving out the user and password. */

@@ -95,7 +95,7 @@ describe('admin API', { timeout: 60_000 }, () => {
   test('missing admin token', async () => {
     const reply = await call(gw, 'GET', '/-/admin/actors');
 
-    assertError(reply, 401, 'invalid_token');
+    assertError(reply, 401, 'missing_token');
   });
 
   test('actor token rejected', async () => {

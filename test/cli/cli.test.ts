@@ -179,7 +179,7 @@ describe('actors create', () => {
     const actor = JSON.parse(result.stdout);
     assert.match(actor.id, /^act_/);
     assert.equal(actor.enabled, false);
-    assert.deepEqual(actor.limits, { code_completions: { limit: 5, intervalSeconds: 30, allowedModels: ['*'] } });
+    assert.deepEqual(actor.limits, { code_completions: { limit: 5, interval: '30s', intervalSeconds: 30, allowedModels: ['*'] } });
   });
 
   it('notes an actor without limits', async () => {
@@ -494,14 +494,14 @@ describe('usage', () => {
     const recent = await cliIn('usage', '--since', '1h', '--json');
     assert.equal(recent.code, 0, recent.stderr);
     assert.deepEqual(
-      JSON.parse(recent.stdout).map((event: UsageEvent) => event.requestedModel),
+      JSON.parse(recent.stdout).map((event: Record<string, unknown>) => event.requested_model),
       ['bob-model', 'recent-model'],
     );
 
     const iso = new Date(now - 4 * 3_600_000).toISOString();
     const ofAlice = await cliIn('usage', '--actor', 'act_aaaaaaaaaaaaaaaa', '--since', iso, '--json');
     assert.deepEqual(
-      JSON.parse(ofAlice.stdout).map((event: UsageEvent) => event.requestedModel),
+      JSON.parse(ofAlice.stdout).map((event: Record<string, unknown>) => event.requested_model),
       ['recent-model', 'old-model'],
     );
 

@@ -60,8 +60,23 @@ function prepareEmbeddings(json: Record<string, unknown>, raw: Buffer): Prepared
     throw new GatewayError('invalid_request', 'stream: embeddings cannot be streamed', { param: 'stream' });
   }
   const parts: string[] = [];
-  for (const item of inputs) if (typeof item === 'string') parts.push(item);
-  return { model, stream: false, body: raw, promptChars: textLength(parts), promptText: () => parts.join('\n'), injectedUsage: false, maxOutputTokens: 0 };
+  let tokenIds = 0;
+  for (const item of inputs) {
+    if (typeof item === 'string') parts.push(item);
+    else if (typeof item === 'number') tokenIds++;
+    else if (Array.isArray(item)) tokenIds += item.length;
+  }
+  const promptChars = textLength(parts);
+  return {
+    model,
+    stream: false,
+    body: raw,
+    promptChars,
+    promptTokenEstimate: tokenIds + Math.ceil(promptChars / 3),
+    promptText: () => parts.join('\n'),
+    injectedUsage: false,
+    maxOutputTokens: 0,
+  };
 }
 
 export const openaiChat: RouteAdapter = {
