@@ -8,19 +8,30 @@ import type { PreparedRequest, ResponseTap, RouteAdapter } from '../providers/ty
 import type { Outcome, UsageEvent } from '../usage/event.ts';
 import { newEventId } from '../usage/ids.ts';
 
-/** Reads a header for the usage event. Node decodes header bytes as Latin-1; UTF-8 senders are re-decoded. */
+const strictUtf8 = new TextDecoder('utf-8', { fatal: true });
+
+/**
+ * Reads a header for the usage event. Node decodes header bytes as Latin-1, so a value that is
+ * valid UTF-8 is decoded again as UTF-8; anything else stays as Latin-1.
+ */
 function header(req: IncomingMessage, name: string): string | null {
   const value = req.headers[name];
   if (value === undefined) return null;
   const text = Array.isArray(value) ? value.join(', ') : value;
-  return /[^\x00-\x7f]/.test(text) ? Buffer.from(text, 'latin1').toString('utf8') : text;
+  if (!/[^\x00-\x7f]/.test(text)) return text;
+  try {
+    return strictUtf8.decode(Buffer.from(text, 'latin1'));
+  } catch {
+    return text;
+  }
 }
 
 /** Everything one proxied request gathers on its way through the pipeline. */
 export class RequestContext {
   readonly requestId = `req_${randomUUID().replaceAll('-', '')}`;
   readonly startedAt = performance.now();
-  readonly timestamp = new Date().toISOString();
+  /** Arrival time in epoch milliseconds; formatted only when the event is built. */
+  readonly arrivedAt = Date.now();
   actor: Actor | undefined;
   feature: Feature | null = null;
   limit: FeatureLimit | undefined;
@@ -65,7 +76,7 @@ export class RequestContext {
     const actor = this.actor as Actor;
     return {
       id: newEventId(),
-      timestamp: this.timestamp,
+      timestamp: new Date(this.arrivedAt).toISOString(),
       requestId: this.requestId,
       actorId: actor.id,
       actorName: actor.name,

@@ -208,7 +208,7 @@ async function forward(gateway: Gateway, ctx: RequestContext, provider: Provider
     ctx.res.flushHeaders();
     await relayStream(ctx, decoded, providerKeyBytes(provider));
   } else {
-    const payload = await readAll(decoded);
+    const payload = maskKeyInChunk(await readAll(decoded), providerKeyBytes(provider));
     ctx.tap.jsonBody(payload);
     out['content-length'] = payload.length;
     ctx.res.writeHead(status, reasonPhrase(status), out);
