@@ -69,7 +69,7 @@ export class ConfigError extends Error {
   }
 }
 
-/** Quotes a name that holds control characters, so the error stays on one line. */
+/** Quotes a name that contains control characters, so the error stays on one line. */
 function printable(name: string): string {
   return /[\x00-\x1f\x7f]/.test(name) ? JSON.stringify(name) : name;
 }

@@ -35,7 +35,7 @@ export class RequestContext {
   actor: Actor | undefined;
   feature: Feature | null = null;
   limit: FeatureLimit | undefined;
-  /** What admission charged; settled to real usage when the request ends. */
+  /** The charges taken at admission, settled to real usage when the request ends. */
   reservation: Reservation | undefined;
   leaseTimer: NodeJS.Timeout | undefined;
   prepared: PreparedRequest | undefined;

@@ -21,7 +21,7 @@ import { clientResponseHeaders, reasonPhrase, decodeBody, readAll, relayUpstream
 /**
  * Handles one proxied API call. The steps run in this order, and each ends the request on its
  * own failure: authenticate, resolve the feature, check the provider, read and validate the
- * body, check the model, admit against the quota, call the upstream, relay its answer. Exactly
+ * body, check the model, admit against the quota, call the upstream, relay its response. Exactly
  * one usage event is written for every request that passed authentication.
  */
 export function handleProxy(gateway: Gateway, route: RouteAdapter, req: IncomingMessage, res: ServerResponse): Promise<void> {

@@ -135,7 +135,7 @@ export function retryAfterSeconds(value: string | string[] | undefined, now = Da
   return Number.isNaN(date) ? undefined : Math.max(0, Math.ceil((date - now) / 1000));
 }
 
-/** Answers an upstream error status: cleaned body, same status, except 429 which becomes 503. */
+/** Relays an upstream error status with a cleaned body; a 429 becomes 503. */
 export async function relayUpstreamError(gateway: Gateway, ctx: RequestContext, provider: ProviderConfig, status: number, headers: IncomingHttpHeaders, body: Readable): Promise<void> {
   const { res } = ctx;
   ctx.outcome = 'upstream_error';

@@ -52,7 +52,7 @@ export function tryParseJson(text: string): unknown {
   }
 }
 
-/** Reads the first of the given fields that holds a positive whole number. */
+/** Reads the first of the given fields that contains a positive whole number. */
 export function readMaxTokens(json: Record<string, unknown>, ...fields: string[]): number | null {
   for (const field of fields) {
     const value = json[field];

@@ -32,7 +32,7 @@ export interface ResponseTap {
   jsonBody(body: Buffer): void;
 }
 
-/** What one route contributes to the shared request pipeline. */
+/** The per-route steps of the shared request pipeline. */
 export interface RouteAdapter {
   /** Stable route name used in logs and usage events, such as `anthropic.messages`. */
   id: string;
