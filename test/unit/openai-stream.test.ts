@@ -152,3 +152,22 @@ describe('OpenAiTap pass-through', () => {
     assert.equal(tap.meter.finished, true);
   });
 });
+
+describe('OpenAiTap running usage', () => {
+  const running = (completion: number, finish: string | null) =>
+    `data: ${HEAD},"choices":[{"index":0,"delta":{"content":"x"},"finish_reason":${finish === null ? 'null' : `"${finish}"`}}],"usage":{"prompt_tokens":5,"completion_tokens":${completion},"total_tokens":${5 + completion}}}\n\n`;
+
+  it('treats mid-stream usage as interim', () => {
+    const tap = new OpenAiTap(false);
+    run(tap, [Buffer.from(running(1, null) + running(2, null))]);
+    assert.equal(tap.meter.usageReported, false);
+    assert.equal(tap.meter.outputTokens, 2);
+  });
+
+  it('treats usage with finish reason as final', () => {
+    const tap = new OpenAiTap(false);
+    run(tap, [Buffer.from(running(1, null) + running(3, 'stop'))]);
+    assert.equal(tap.meter.usageReported, true);
+    assert.equal(tap.meter.outputTokens, 3);
+  });
+});

@@ -62,6 +62,9 @@ export class OpenAiTap implements ResponseTap {
     }
     if (chunk.usage !== null && chunk.usage !== undefined) {
       applyOpenAiUsage(this.meter, chunk.usage);
+      // Some compatible servers send running usage in every chunk; only the last chunk (empty
+      // choices, or a finish reason) reports the final count.
+      this.meter.usageReported = !Array.isArray(choices) || choices.length === 0 || choices.some((choice) => choice?.finish_reason != null);
       if (this.rewrite && Array.isArray(choices) && choices.length === 0) return;
     }
     if (this.rewrite) this.output.push(removeLastUsageNull(event.raw));
