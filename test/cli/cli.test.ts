@@ -9,6 +9,7 @@ import { hashToken, looksLikeToken, tokenHint } from '../../src/actors/tokens.ts
 import { runCli } from '../../src/cli/main.ts';
 import { databasePath, openSqliteStore } from '../../src/storage/sqlite.ts';
 import type { UsageEvent } from '../../src/usage/event.ts';
+import { makeEvent as baseEvent, SPARSE_EVENT } from '../helpers/events.ts';
 
 const BIN = fileURLToPath(new URL('../../bin/llm-proxy.js', import.meta.url));
 
@@ -394,44 +395,19 @@ describe('tokens', () => {
 });
 
 describe('usage', () => {
-  let eventCounter = 0;
-
   function makeEvent(overrides: Partial<UsageEvent>): UsageEvent {
-    eventCounter += 1;
-    return {
-      id: `evt_cli_${eventCounter}`,
-      timestamp: '2030-01-01T00:00:00.000Z',
-      requestId: `req_${eventCounter}`,
+    return baseEvent({
+      ...SPARSE_EVENT,
       actorId: 'act_aaaaaaaaaaaaaaaa',
       actorName: 'alice',
-      feature: 'chat_completions',
       provider: 'anthropic',
       route: '/v1/messages',
       requestedModel: 'claude-sonnet-4-5',
-      upstreamModel: null,
-      stream: false,
-      upstreamStatus: 200,
-      status: 200,
-      outcome: 'completed',
-      errorCode: null,
       inputTokens: 1200,
       outputTokens: 85,
-      cacheCreationInputTokens: null,
-      cacheReadInputTokens: null,
-      reasoningTokens: null,
-      tokensEstimated: false,
       durationMs: 1534.4,
-      upstreamTtfbMs: null,
-      upstreamDurationMs: null,
-      overheadMs: null,
-      promptChars: null,
-      completionChars: null,
-      clientIp: null,
-      userAgent: null,
-      sgActorUid: null,
-      sgActorAnonymousUid: null,
       ...overrides,
-    };
+    });
   }
 
   async function insert(events: UsageEvent[]): Promise<void> {

@@ -10,6 +10,7 @@ import { afterEach, beforeEach, test } from 'node:test';
 import { runCli } from '../../src/cli/main.ts';
 import { openSqliteStore } from '../../src/storage/sqlite.ts';
 import type { UsageEvent } from '../../src/usage/event.ts';
+import { makeEvent as baseEvent, SPARSE_EVENT } from '../helpers/events.ts';
 
 /** Upper bound for one `serve` run that is expected to fail at startup. */
 const SERVE_TIMEOUT_MS = 15_000;
@@ -64,45 +65,6 @@ async function serve(env: NodeJS.ProcessEnv): Promise<CliResult> {
   }
 }
 
-let eventCounter = 0;
-
-function makeEvent(overrides: Partial<UsageEvent> = {}): UsageEvent {
-  eventCounter += 1;
-  return {
-    id: `evt_review_${eventCounter}`,
-    timestamp: '2030-01-01T00:00:00.000Z',
-    requestId: `req_review_${eventCounter}`,
-    actorId: 'act_aaaaaaaaaaaaaaaa',
-    actorName: 'alice',
-    feature: 'chat_completions',
-    provider: 'openai',
-    route: '/v1/chat/completions',
-    requestedModel: 'gpt-test',
-    upstreamModel: null,
-    stream: false,
-    upstreamStatus: 200,
-    status: 200,
-    outcome: 'completed',
-    errorCode: null,
-    inputTokens: 10,
-    outputTokens: 5,
-    cacheCreationInputTokens: null,
-    cacheReadInputTokens: null,
-    reasoningTokens: null,
-    tokensEstimated: false,
-    durationMs: 12,
-    upstreamTtfbMs: null,
-    upstreamDurationMs: null,
-    overheadMs: null,
-    promptChars: null,
-    completionChars: null,
-    clientIp: null,
-    userAgent: null,
-    sgActorUid: null,
-    sgActorAnonymousUid: null,
-    ...overrides,
-  };
-}
 
 async function insert(events: UsageEvent[]): Promise<void> {
   const store = openSqliteStore(dataDir);
@@ -173,3 +135,7 @@ test('serve unusable data folder exits 2', async () => {
   assert.match(result.stderr, /^llm-proxy: [^\n]+\n$/);
   assert.match(result.stderr, /LLM_PROXY_DATA_DIR/);
 });
+
+function makeEvent(overrides: Partial<UsageEvent> = {}): UsageEvent {
+  return baseEvent({ ...SPARSE_EVENT, actorId: 'act_aaaaaaaaaaaaaaaa', actorName: 'alice', requestedModel: 'gpt-test', inputTokens: 10, outputTokens: 5, durationMs: 12, ...overrides });
+}

@@ -12,6 +12,7 @@ import { openPostgresStore } from '../../src/storage/postgres.ts';
 import { openSqliteStore, SqliteStore } from '../../src/storage/sqlite.ts';
 import type { Store } from '../../src/storage/store.ts';
 import type { UsageEvent } from '../../src/usage/event.ts';
+import { makeEvent } from '../helpers/events.ts';
 import { dropSchema, SHARED_POSTGRES_URL, sharedPostgresSkipReason, uniqueSchemaName, withSharedClient } from './shared-postgres.ts';
 
 interface Harness {
@@ -25,45 +26,6 @@ interface ContractCase {
   run(harness: Harness): Promise<void>;
 }
 
-let eventCounter = 0;
-
-function makeEvent(overrides: Partial<UsageEvent> = {}): UsageEvent {
-  eventCounter += 1;
-  return {
-    id: `evt_${eventCounter}`,
-    timestamp: '2030-01-01T00:00:00.000Z',
-    requestId: `req_${eventCounter}`,
-    actorId: 'act_0000000000000001',
-    actorName: 'first',
-    feature: 'chat_completions',
-    provider: 'openai',
-    route: '/v1/chat/completions',
-    requestedModel: 'gpt-4o',
-    upstreamModel: 'gpt-4o-2024-08-06',
-    stream: true,
-    upstreamStatus: 200,
-    status: 200,
-    outcome: 'completed',
-    errorCode: null,
-    inputTokens: 12,
-    outputTokens: 34,
-    cacheCreationInputTokens: null,
-    cacheReadInputTokens: 5,
-    reasoningTokens: null,
-    tokensEstimated: false,
-    durationMs: 812.5,
-    upstreamTtfbMs: 120,
-    upstreamDurationMs: 790,
-    overheadMs: 22.5,
-    promptChars: 48,
-    completionChars: 130,
-    clientIp: '127.0.0.1',
-    userAgent: 'test-agent/1.0',
-    sgActorUid: null,
-    sgActorAnonymousUid: 'anon-1',
-    ...overrides,
-  };
-}
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 const ISO_TIMESTAMP = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/;

@@ -7,6 +7,7 @@ import Database from 'better-sqlite3';
 import { hashToken } from '../../src/actors/tokens.ts';
 import { databasePath, openSqliteStore, SqliteStore, validateActorName } from '../../src/storage/sqlite.ts';
 import type { UsageEvent } from '../../src/usage/event.ts';
+import { makeEvent } from '../helpers/events.ts';
 
 let dataDir: string;
 let store: SqliteStore;
@@ -21,45 +22,6 @@ afterEach(async () => {
   rmSync(dataDir, { recursive: true, force: true });
 });
 
-let eventCounter = 0;
-
-function makeEvent(overrides: Partial<UsageEvent> = {}): UsageEvent {
-  eventCounter += 1;
-  return {
-    id: `evt_${eventCounter}`,
-    timestamp: '2030-01-01T00:00:00.000Z',
-    requestId: `req_${eventCounter}`,
-    actorId: 'act_0000000000000001',
-    actorName: 'first',
-    feature: 'chat_completions',
-    provider: 'openai',
-    route: '/v1/chat/completions',
-    requestedModel: 'gpt-4o',
-    upstreamModel: 'gpt-4o-2024-08-06',
-    stream: true,
-    upstreamStatus: 200,
-    status: 200,
-    outcome: 'completed',
-    errorCode: null,
-    inputTokens: 12,
-    outputTokens: 34,
-    cacheCreationInputTokens: null,
-    cacheReadInputTokens: 5,
-    reasoningTokens: null,
-    tokensEstimated: false,
-    durationMs: 812.5,
-    upstreamTtfbMs: 120,
-    upstreamDurationMs: 790,
-    overheadMs: 22.5,
-    promptChars: 48,
-    completionChars: 130,
-    clientIp: '127.0.0.1',
-    userAgent: 'test-agent/1.0',
-    sgActorUid: null,
-    sgActorAnonymousUid: 'anon-1',
-    ...overrides,
-  };
-}
 
 describe('openSqliteStore', () => {
   it('creates nested data directories', async () => {
