@@ -49,8 +49,6 @@ export class RequestContext {
   error: GatewayError | undefined;
   /** The client closed its connection before the response was complete. */
   clientAborted = false;
-  /** The upstream stream broke (reset, idle timeout) after the response started. */
-  streamFailure: 'reset' | 'timeout' | undefined;
 
   constructor(
     readonly req: IncomingMessage,

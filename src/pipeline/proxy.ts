@@ -260,7 +260,6 @@ function handleFailure(gateway: Gateway, ctx: RequestContext, error: unknown): v
     // The response is under way, so the status cannot change. Destroying the socket makes the
     // client see an incomplete response instead of a clean end it could mistake for success.
     ctx.outcome = isCode(error, 'UND_ERR_BODY_TIMEOUT') ? 'timeout' : 'upstream_error';
-    ctx.streamFailure = ctx.outcome === 'timeout' ? 'timeout' : 'reset';
     gateway.logger.warn({ requestId: ctx.requestId, err: error }, 'upstream stream failed after the response started');
     ctx.res.destroy();
     return;

@@ -6,18 +6,12 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { hashToken, looksLikeToken, tokenHint } from '../../src/actors/tokens.ts';
-import { runCli } from '../../src/cli/main.ts';
 import { databasePath, openSqliteStore } from '../../src/storage/sqlite.ts';
 import type { UsageEvent } from '../../src/usage/event.ts';
 import { makeEvent as baseEvent, SPARSE_EVENT } from '../helpers/events.ts';
+import { cli, type CliResult } from '../helpers/cli.ts';
 
 const BIN = fileURLToPath(new URL('../../bin/llm-proxy.js', import.meta.url));
-
-interface CliResult {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
 
 let dataDir: string;
 
@@ -28,24 +22,6 @@ beforeEach(() => {
 afterEach(() => {
   rmSync(dataDir, { recursive: true, force: true });
 });
-
-function captureWriter() {
-  const chunks: string[] = [];
-  return {
-    write(text: string) {
-      chunks.push(text);
-      return true;
-    },
-    text: () => chunks.join(''),
-  };
-}
-
-async function cli(args: string[], env: NodeJS.ProcessEnv = {}): Promise<CliResult> {
-  const stdout = captureWriter();
-  const stderr = captureWriter();
-  const code = await runCli(args, { stdout, stderr, env });
-  return { code, stdout: stdout.text(), stderr: stderr.text() };
-}
 
 /** Runs a command against the test data directory. */
 async function cliIn(...args: string[]): Promise<CliResult> {

@@ -7,19 +7,13 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, test } from 'node:test';
-import { runCli } from '../../src/cli/main.ts';
 import { openSqliteStore } from '../../src/storage/sqlite.ts';
 import type { UsageEvent } from '../../src/usage/event.ts';
 import { makeEvent as baseEvent, SPARSE_EVENT } from '../helpers/events.ts';
+import { cli, type CliResult } from '../helpers/cli.ts';
 
 /** Upper bound for one `serve` run that is expected to fail at startup. */
 const SERVE_TIMEOUT_MS = 15_000;
-
-interface CliResult {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
 
 let dataDir: string;
 
@@ -30,24 +24,6 @@ beforeEach(() => {
 afterEach(() => {
   rmSync(dataDir, { recursive: true, force: true });
 });
-
-function captureWriter() {
-  const chunks: string[] = [];
-  return {
-    write(text: string) {
-      chunks.push(text);
-      return true;
-    },
-    text: () => chunks.join(''),
-  };
-}
-
-async function cli(args: string[], env: NodeJS.ProcessEnv = {}): Promise<CliResult> {
-  const stdout = captureWriter();
-  const stderr = captureWriter();
-  const code = await runCli(args, { stdout, stderr, env });
-  return { code, stdout: stdout.text(), stderr: stderr.text() };
-}
 
 /**
  * Runs `serve` and fails when it has not returned within SERVE_TIMEOUT_MS, which means it
@@ -64,7 +40,6 @@ async function serve(env: NodeJS.ProcessEnv): Promise<CliResult> {
     clearTimeout(timer);
   }
 }
-
 
 async function insert(events: UsageEvent[]): Promise<void> {
   const store = openSqliteStore(dataDir);
