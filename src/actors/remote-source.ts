@@ -8,7 +8,7 @@ import type { Actor, TokenRecord } from './types.ts';
  * Client for a central account service that owns actors and tokens (the remote actor source).
  * The contract, also described in docs/deployment.md:
  *
- * - `POST {url}/lookup` with `{"tokenHash": "<hex SHA-256 of the token>"}` answers 200 with one
+ * - `POST {url}/lookup` with `{"tokenHash": "<hex SHA-256 of the token>"}` returns 200 with one
  *   entry, or 404 when the token is unknown.
  * - `GET {url}/sync?cursor=<cursor>` answers `{"entries": [...], "nextCursor": "..." | null}`;
  *   the first page has no cursor.
@@ -115,10 +115,10 @@ export class RemoteActorSource {
     }
     if (response.statusCode !== 200) {
       await response.body.dump();
-      throw new RemoteSourceError(`actor source lookup answered ${response.statusCode}`);
+      throw new RemoteSourceError(`actor source lookup failed with status ${response.statusCode}`);
     }
     const entry = parseRemoteEntry(await response.body.json());
-    if (entry.tokenHash !== tokenHash) throw new RemoteSourceError('actor source lookup answered for another token hash');
+    if (entry.tokenHash !== tokenHash) throw new RemoteSourceError('actor source lookup returned an entry for another token hash');
     return entry.lookup;
   }
 
@@ -136,7 +136,7 @@ export class RemoteActorSource {
       }
       if (response.statusCode !== 200) {
         await response.body.dump();
-        throw new RemoteSourceError(`actor source sync answered ${response.statusCode}`);
+        throw new RemoteSourceError(`actor source sync failed with status ${response.statusCode}`);
       }
       const body = (await response.body.json()) as { entries?: unknown; nextCursor?: unknown };
       if (!Array.isArray(body.entries)) throw new RemoteSourceError('sync: expected {"entries": [...], "nextCursor": ...}');

@@ -7,7 +7,7 @@ export type Alignment = 'left' | 'right';
  * Renders rows as columns separated by two spaces, with a header line. Columns are left-aligned
  * unless their entry in `alignments` is 'right'. Trailing spaces are removed from every line.
  */
-/** Longest cell a table shows; longer values are cut with an ellipsis. */
+/** Maximum length of a table cell; longer values are cut and end with an ellipsis. */
 const MAX_CELL_LENGTH = 60;
 
 /**

@@ -12,7 +12,7 @@ export interface ProviderConfig {
   baseUrl: string;
   /** Lower-cased model names without a provider prefix; `*` allows every model. */
   allowedModels: string[];
-  /** `retry-after` seconds sent with a 503 when the provider answered 429 without its own value. */
+  /** `retry-after` seconds sent with a 503 when the provider returned 429 without its own value. */
   retryAfterSeconds: number;
   /** OpenAI only: sent as `OpenAI-Organization`. */
   organization: string | null;

@@ -1,5 +1,5 @@
 /**
- * Every error the gateway answers with has a stable code, an HTTP status and a message that
+ * Every error the gateway returns has a stable code, an HTTP status and a message that
  * says what failed and what to do. Callers and tests branch on `code`, never on the message.
  */
 export const ERROR_CODES = {

@@ -1,6 +1,6 @@
 import type { GatewayError } from './errors.ts';
 
-/** Which provider's error JSON a route answers with. */
+/** The provider whose error JSON shape a route uses. */
 export type ErrorShape = 'anthropic' | 'openai';
 
 const ANTHROPIC_TYPES: Record<number, string> = {

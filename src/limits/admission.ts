@@ -74,7 +74,7 @@ export function buildReservation(input: ReservationInput): Reservation {
 }
 
 export interface RequestResult {
-  /** The provider answered 2xx. */
+  /** The provider returned a 2xx status. */
   delivered: boolean;
   /** The request failed in a way the caller should not pay a request unit for. */
   refundRequest: boolean;

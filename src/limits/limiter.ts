@@ -1,6 +1,6 @@
 import type { Feature } from '../actors/types.ts';
 
-/** What a counter measures within one actor's feature quota. */
+/** Unit a counter measures within one actor's feature quota. */
 export type Counter = 'requests' | 'tokens' | 'input_tokens' | 'output_tokens';
 
 /** Identifies one quota counter: an actor's use of one feature, in one unit. */

@@ -3,8 +3,9 @@ import { pino, type Logger, type DestinationStream } from 'pino';
 export type { Logger };
 
 /**
- * Paths that may carry credentials. pino replaces them before a line is written, so a caller
- * cannot leak a secret by logging a request or an error object.
+ * Paths that may carry credentials. pino replaces them before a line is written, so logging a
+ * request's headers or a config object does not leak a key. Other fields are not covered, which
+ * is why free-text strings are scrubbed as well (see the hook below).
  */
 const REDACT_PATHS = [
   'req.headers.authorization',

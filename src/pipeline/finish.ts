@@ -34,7 +34,7 @@ function settleOutcome(ctx: RequestContext): void {
     ctx.outcome = 'upstream_error';
   } else if (ctx.prepared?.stream && meter !== undefined && !meter.finished && !meter.usageReported && ctx.upstreamStatus !== null && ctx.upstreamStatus < 300) {
     // A stream that ended cleanly but before its last event and its final usage report was cut
-    // short upstream. One that reported its final usage delivered the whole answer.
+    // short upstream. One that reported its final usage delivered the whole response.
     ctx.outcome = 'upstream_error';
   }
 }
@@ -68,7 +68,7 @@ async function fillTokens(ctx: RequestContext, event: UsageEvent): Promise<void>
 
 /**
  * Settles what admission charged. A request unit is given back when the provider did not deliver:
- * no 2xx answer, or a stream that failed or timed out. A client that aborted keeps its charge,
+ * no 2xx response, or a stream that failed or timed out. A client that aborted keeps its charge,
  * because the provider ran. Token budgets are charged what the provider reported.
  */
 async function settleQuota(gateway: Gateway, ctx: RequestContext, event: UsageEvent): Promise<void> {

@@ -107,8 +107,8 @@ function checkModel(ctx: RequestContext, provider: ProviderConfig): void {
   if (!isModelAllowed(model, provider.name, provider.allowedModels, ctx.limit?.allowedModels ?? [])) {
     throw new GatewayError('model_not_allowed', `model ${JSON.stringify(model)} is not allowed for feature ${ctx.feature}`, { param: 'model' });
   }
-  // Callers may name the model with this gateway's `provider/` prefix; the provider knows it
-  // without one. This is the only case where the gateway rewrites the request body.
+  // Callers may name the model with this gateway's `provider/` prefix, but the provider
+  // expects the name without it. This is the only case where the gateway rewrites the request body.
   const prefix = `${provider.name}/`;
   if (model.length > prefix.length && model.slice(0, prefix.length).toLowerCase() === prefix) {
     const json = JSON.parse(prepared.body.toString('utf8')) as Record<string, unknown>;
@@ -195,7 +195,7 @@ async function forward(gateway: Gateway, ctx: RequestContext, provider: Provider
   const decoded = decodeBody(body, response.headers['content-encoding']);
   if (decoded === undefined) {
     body.resume();
-    throw new GatewayError('upstream_unreachable', `the ${provider.name} provider answered with an unsupported content encoding`);
+    throw new GatewayError('upstream_unreachable', `the ${provider.name} provider sent a response with an unsupported content encoding`);
   }
   const out = clientResponseHeaders(response.headers, ctx.requestId, provider.apiKey);
   const contentType = String(response.headers['content-type'] ?? '');

@@ -30,8 +30,9 @@ export function sanitizeUpstreamText(text: string, provider: ProviderConfig): st
 
 /**
  * Masks the gateway's provider key inside a streamed chunk, in place of the key's own bytes so
- * that the stream keeps its length. A key split across two chunks is not found; the provider
- * has no reason to send the key at all, so this is a last line of defence.
+ * that the stream keeps its length. The provider has no reason to send the key, so this is a
+ * last line of defence.
+ * NOTE: a key split across two chunks is not found.
  */
 export function maskKeyInChunk(chunk: Buffer, key: Buffer | undefined): Buffer {
   if (key === undefined || chunk.length < key.length) return chunk;

@@ -21,7 +21,7 @@ export interface PreparedRequest {
 }
 
 /**
- * Reads usage out of a response on its way to the client. For streams it sees each upstream chunk
+ * Reads usage out of a response on its way to the client. For streams it receives each upstream chunk
  * and returns the bytes to forward, which are the chunk itself unless the route rewrites events.
  */
 export interface ResponseTap {

@@ -18,7 +18,7 @@ import type { Dependency } from './health.ts';
 /** The stores and shared services chosen by the configuration. */
 export interface Backends {
   store: Store;
-  /** Where the recorder writes usage events: the store, behind a disk spool for network stores. */
+  /** The recorder's destination for usage events: the store, behind a disk spool for network stores. */
   usageStore: UsageStore;
   limiter: Limiter;
   bus: ActorChangeBus | undefined;

@@ -20,7 +20,7 @@ export interface Gateway {
   version: string;
   /** Proxy requests still running or settling; shutdown waits for them before the last flush. */
   settling: Set<Promise<void>>;
-  /** What the health routes check. */
+  /** Dependencies checked by the health routes. */
   dependencies: Dependency[];
   /** The disk spool for usage events, when the store is Postgres. */
   spool?: SpoolingUsageStore;

@@ -18,7 +18,7 @@ async function runCheck(dependency: Dependency): Promise<string> {
     await Promise.race([
       dependency.check(),
       new Promise((_, reject) => {
-        timer = setTimeout(() => reject(new Error(`no answer within ${CHECK_TIMEOUT_MS} ms`)), CHECK_TIMEOUT_MS);
+        timer = setTimeout(() => reject(new Error(`timed out after ${CHECK_TIMEOUT_MS} ms`)), CHECK_TIMEOUT_MS);
       }),
     ]);
     return 'ok';
@@ -44,7 +44,7 @@ async function checkAll(gateway: Gateway): Promise<{ checks: Record<string, stri
   return { checks, storeOk, requiredOk };
 }
 
-/** Reports every dependency; 503 when the store does not answer. */
+/** Reports every dependency, with status 503 when the store is unreachable. */
 export async function handleHealth(gateway: Gateway, _req: IncomingMessage, res: ServerResponse): Promise<void> {
   const { checks, storeOk } = await checkAll(gateway);
   sendJson(res, storeOk ? 200 : 503, {

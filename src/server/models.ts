@@ -53,7 +53,7 @@ async function fetchCatalog(gateway: Gateway, provider: ProviderConfig, catalogs
 
 /**
  * Lists the models the actor may call. Explicit names come from the provider's allowed list or
- * the actor's own lists; where both only say `*`, the provider's catalog is asked.
+ * the actor's own lists; where both contain only `*`, the provider's catalog is fetched.
  */
 export async function listModels(gateway: Gateway, actor: Actor): Promise<ModelEntry[]> {
   const result = new Map<string, ModelEntry>();

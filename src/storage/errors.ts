@@ -17,7 +17,7 @@ const UNAVAILABLE_CODES = new Set([
 ]);
 
 /**
- * Tells a store that cannot be reached (answer 503, retry later) from a bug (answer 500). The pg
+ * Tells a store that cannot be reached (respond 503, retry later) from a bug (respond 500). The pg
  * driver reports lost connections and its own timeouts only by message.
  */
 export function isStoreUnavailable(error: unknown): boolean {

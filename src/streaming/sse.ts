@@ -29,7 +29,7 @@ export class SseParser {
     this.feedText(this.decoder.decode(chunk, { stream: true }));
   }
 
-  /** Flushes the decoder. An unterminated last event is dropped, as the SSE standard says. */
+  /** Flushes the decoder. An unterminated last event is dropped, as the SSE standard requires. */
   end(): void {
     const rest = this.decoder.decode();
     if (rest !== '') this.feedText(rest);
@@ -43,7 +43,7 @@ export class SseParser {
 
   /**
    * Finishes a line whose CR ended the previous chunk. Only the next chunk tells whether the CR
-   * stands alone or starts a CRLF, and the raw text must keep both bytes in the same event.
+   * ends the line alone or starts a CRLF, and the raw text must keep both bytes in the same event.
    * Returns how many characters of `text` belong to the line ending.
    */
   private completeCrLine(text: string): number {

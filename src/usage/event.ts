@@ -1,6 +1,6 @@
 import type { Feature } from '../actors/types.ts';
 
-/** How a request that passed authentication ended. */
+/** Final state of a request that passed authentication. */
 export type Outcome = 'completed' | 'client_aborted' | 'upstream_error' | 'timeout' | 'rejected';
 
 /** One record per authenticated request, written whichever way the request ends. */

@@ -115,7 +115,7 @@ test('failed sync evicts nothing', async () => {
   await waitUntil(() => logsWithMessage(gateway, SYNC_FAILED_MESSAGE).length >= failedBefore + 2, 5000, 'two failed syncs are logged');
 
   const failure = logsWithMessage(gateway, SYNC_FAILED_MESSAGE).at(-1);
-  assert.match(String(failure?.err?.message), /actor source sync answered 503/);
+  assert.match(String(failure?.err?.message), /actor source sync failed with status 503/);
   assert.ok(source.syncPages().some((call) => call.page === 2 && call.status === 503));
   assert.ok(!source.syncPages().some((call) => call.page === 3 && call.status === 503), 'the sync went on after page 2 failed');
 

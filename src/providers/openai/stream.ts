@@ -84,7 +84,7 @@ export class OpenAiTap implements ResponseTap {
 
 /**
  * Removes the top-level `"usage":null` member. It is the last one in the chunk because OpenAI
- * writes `usage` after `choices`; quotes inside JSON strings are escaped, so message text cannot
+ * writes `usage` after `choices`. Quotes inside JSON strings are escaped, so message text cannot
  * contain the unescaped pattern.
  */
 function removeLastUsageNull(raw: string): string {
