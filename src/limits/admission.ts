@@ -40,11 +40,14 @@ export interface ReservationInput {
   promptTokenEstimate?: number;
 }
 
+function limitKey(actorId: string, feature: Feature, counter: Counter): LimitKey {
+  return { actorId, feature, counter };
+}
+
 /** Builds the checks one request must pass: its quota, its token budgets, and a concurrency lease. */
 export function buildReservation(input: ReservationInput): Reservation {
   const { actorId, feature, limit } = input;
   const intervalMs = limit.intervalSeconds * 1000;
-  const key = (counter: Counter): LimitKey => ({ actorId, feature, counter });
   const checks: QuotaCheck[] = [];
   let reservedInput = 0;
   let reservedOutput = 0;
@@ -52,21 +55,21 @@ export function buildReservation(input: ReservationInput): Reservation {
     // The reservation keeps concurrent requests from all passing while the budget looks unused;
     // the settlement replaces it with the tokens the provider reports.
     reservedInput = Math.max(1, input.promptTokenEstimate ?? estimatePromptTokens(input.promptChars));
-    checks.push({ key: key('tokens'), limit: limit.limit, intervalMs, cost: reservedInput, mode: 'remaining' });
+    checks.push({ key: limitKey(actorId, feature, 'tokens'), limit: limit.limit, intervalMs, cost: reservedInput, mode: 'remaining' });
   } else {
-    checks.push({ key: key('requests'), limit: limit.limit, intervalMs, cost: 1, mode: 'fit' });
+    checks.push({ key: limitKey(actorId, feature, 'requests'), limit: limit.limit, intervalMs, cost: 1, mode: 'fit' });
     if (limit.tokenLimit !== undefined || limit.inputTokenLimit !== undefined || limit.outputTokenLimit !== undefined) {
       reservedInput = estimatePromptTokens(input.promptChars);
       reservedOutput = input.maxOutputTokens ?? input.defaultOutputReservation;
     }
     if (limit.tokenLimit !== undefined) {
-      checks.push({ key: key('tokens'), limit: limit.tokenLimit, intervalMs, cost: reservedInput + reservedOutput, mode: 'remaining' });
+      checks.push({ key: limitKey(actorId, feature, 'tokens'), limit: limit.tokenLimit, intervalMs, cost: reservedInput + reservedOutput, mode: 'remaining' });
     }
     if (limit.inputTokenLimit !== undefined) {
-      checks.push({ key: key('input_tokens'), limit: limit.inputTokenLimit, intervalMs, cost: reservedInput, mode: 'remaining' });
+      checks.push({ key: limitKey(actorId, feature, 'input_tokens'), limit: limit.inputTokenLimit, intervalMs, cost: reservedInput, mode: 'remaining' });
     }
     if (limit.outputTokenLimit !== undefined) {
-      checks.push({ key: key('output_tokens'), limit: limit.outputTokenLimit, intervalMs, cost: reservedOutput, mode: 'remaining' });
+      checks.push({ key: limitKey(actorId, feature, 'output_tokens'), limit: limit.outputTokenLimit, intervalMs, cost: reservedOutput, mode: 'remaining' });
     }
   }
   const lease = limit.concurrency === undefined ? undefined : { actorId, feature, id: input.requestId, max: limit.concurrency, ttlMs: LEASE_TTL_MS };

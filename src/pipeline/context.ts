@@ -7,6 +7,7 @@ import type { Reservation } from '../limits/admission.ts';
 import type { PreparedRequest, ResponseTap, RouteAdapter } from '../providers/types.ts';
 import type { Outcome, UsageEvent } from '../usage/event.ts';
 import { newEventId } from '../usage/ids.ts';
+import type { UpstreamCall } from './relay.ts';
 
 const strictUtf8 = new TextDecoder('utf-8', { fatal: true });
 
@@ -40,6 +41,8 @@ export class RequestContext {
   leaseTimer: NodeJS.Timeout | undefined;
   prepared: PreparedRequest | undefined;
   tap: ResponseTap | undefined;
+  /** The provider call once it is dispatched; aborted when the client goes away. */
+  upstreamCall: UpstreamCall | undefined;
   upstreamStartedAt: number | null = null;
   upstreamHeadersAt: number | null = null;
   upstreamEndedAt: number | null = null;

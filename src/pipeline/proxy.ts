@@ -1,8 +1,5 @@
-import { EventEmitter } from 'node:events';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { performance } from 'node:perf_hooks';
-import type { Readable } from 'node:stream';
-import { request } from 'undici';
 import { isFeature, type Feature } from '../actors/types.ts';
 import type { ProviderConfig } from '../config/config.ts';
 import { GatewayError } from '../errors/errors.ts';
@@ -16,7 +13,8 @@ import { sendError, toGatewayError } from '../server/respond.ts';
 import { RequestContext } from './context.ts';
 import { finishRequest } from './finish.ts';
 import { maskKeyInChunk } from './sanitize.ts';
-import { clientResponseHeaders, reasonPhrase, decodeBody, readAll, relayUpstreamError, upstreamRequestHeaders, writeChunk } from './upstream.ts';
+import { UpstreamCall } from './relay.ts';
+import { clientResponseHeaders, contentEncoding, decodeWhole, reasonPhrase, relayUpstreamError, upstreamRequestHeaders, type CollectedResponse } from './upstream.ts';
 
 /**
  * Handles one proxied API call. The steps run in this order, and each ends the request on its
@@ -35,13 +33,10 @@ async function runProxy(gateway: Gateway, route: RouteAdapter, req: IncomingMess
   const ctx = new RequestContext(req, res, route, gateway.config.trustProxy);
   res.setHeader('request-id', ctx.requestId);
   res.setHeader('x-request-id', ctx.requestId);
-  // undici accepts an EventEmitter that emits 'abort' as a request signal; it is cheaper to
-  // create on every request than an AbortController.
-  const abort = new EventEmitter();
   res.on('close', () => {
     if (!res.writableFinished) {
       ctx.clientAborted = true;
-      abort.emit('abort');
+      ctx.upstreamCall?.abort();
     }
   });
 
@@ -64,7 +59,7 @@ async function runProxy(gateway: Gateway, route: RouteAdapter, req: IncomingMess
     ctx.prepared = route.prepare(parseJsonObject(raw), raw);
     checkModel(ctx, provider);
     await admit(gateway, ctx);
-    await forward(gateway, ctx, provider, abort);
+    await forward(gateway, ctx, provider);
   } catch (error) {
     handleFailure(gateway, ctx, error);
   } finally {
@@ -135,13 +130,9 @@ async function admit(gateway: Gateway, ctx: RequestContext): Promise<void> {
   });
   const result = await gateway.limiter.admit(reservation.checks, reservation.lease);
   const primary = result.counters[0];
-  const resetSeconds = Math.max(0, Math.ceil((primary.resetAt - Date.now()) / 1000));
-  const headers: Record<string, string> = {
-    'x-ratelimit-limit': String(primary.limit),
-    'x-ratelimit-remaining': String(primary.remaining),
-    'x-ratelimit-reset': String(resetSeconds),
-  };
+  const resetSeconds = String(Math.max(0, Math.ceil((primary.resetAt - Date.now()) / 1000)));
   if (!result.allowed) {
+    const headers = { 'x-ratelimit-limit': String(primary.limit), 'x-ratelimit-remaining': String(primary.remaining), 'x-ratelimit-reset': resetSeconds };
     throw rejection(ctx, result.rejectedBy, result.counters, headers, limit.concurrency);
   }
   ctx.reservation = reservation;
@@ -152,7 +143,9 @@ async function admit(gateway: Gateway, ctx: RequestContext): Promise<void> {
     }, LEASE_RENEW_MS);
     ctx.leaseTimer.unref();
   }
-  for (const [name, value] of Object.entries(headers)) ctx.res.setHeader(name, value);
+  ctx.res.setHeader('x-ratelimit-limit', String(primary.limit));
+  ctx.res.setHeader('x-ratelimit-remaining', String(primary.remaining));
+  ctx.res.setHeader('x-ratelimit-reset', resetSeconds);
 }
 
 function rejection(ctx: RequestContext, rejectedBy: number | 'concurrency' | undefined, counters: CounterState[], headers: Record<string, string>, concurrency: number | undefined): GatewayError {
@@ -169,70 +162,62 @@ function rejection(ctx: RequestContext, rejectedBy: number | 'concurrency' | und
   });
 }
 
-async function forward(gateway: Gateway, ctx: RequestContext, provider: ProviderConfig, signal: EventEmitter): Promise<void> {
+async function forward(gateway: Gateway, ctx: RequestContext, provider: ProviderConfig): Promise<void> {
+  // A client that left while its request was admitted is not worth a provider call.
+  if (ctx.clientAborted) throw new ClientClosedError();
   const prepared = ctx.prepared!;
   ctx.tap = ctx.route.createTap(prepared);
-  const headers = upstreamRequestHeaders(ctx.req.headers, provider, prepared.stream, prepared.body.length);
+  const target = upstreamTarget(provider);
+  const keyBytes = providerKeyBytes(provider);
+  const call = new UpstreamCall(ctx, provider.name, provider.apiKey, keyBytes);
+  ctx.upstreamCall = call;
   ctx.upstreamStartedAt = performance.now();
-  const response = await request(provider.baseUrl + ctx.route.upstreamPath, {
-    method: 'POST',
-    headers,
-    body: prepared.body,
-    signal,
-    dispatcher: gateway.dispatcher,
-  });
-  ctx.upstreamHeadersAt = performance.now();
-  ctx.upstreamStatus = response.statusCode;
-  const body = response.body as unknown as Readable;
-  const status = response.statusCode;
-
-  if (status < 200 || status >= 300) {
-    await relayUpstreamError(gateway, ctx, provider, status, response.headers, body);
-    ctx.upstreamEndedAt = performance.now();
-    return;
-  }
-
-  const decoded = decodeBody(body, response.headers['content-encoding']);
-  if (decoded === undefined) {
-    body.resume();
-    throw new GatewayError('upstream_unreachable', `the ${provider.name} provider sent a response with an unsupported content encoding`);
-  }
-  const out = clientResponseHeaders(response.headers, ctx.requestId, provider.apiKey);
-  const contentType = String(response.headers['content-type'] ?? '');
-  ctx.status = status;
-
-  if (contentType.includes('text/event-stream')) {
-    out['cache-control'] = 'no-cache';
-    out['x-accel-buffering'] = 'no';
-    ctx.res.writeHead(status, reasonPhrase(status), out);
-    ctx.res.flushHeaders();
-    await relayStream(ctx, decoded, providerKeyBytes(provider));
-  } else {
-    const payload = maskKeyInChunk(await readAll(decoded), providerKeyBytes(provider));
-    ctx.tap.jsonBody(payload);
-    out['content-length'] = payload.length;
-    ctx.res.writeHead(status, reasonPhrase(status), out);
-    ctx.res.end(payload);
+  gateway.dispatcher.dispatch(
+    {
+      origin: target.origin,
+      path: target.basePath + ctx.route.upstreamPath,
+      method: 'POST',
+      headers: upstreamRequestHeaders(ctx.req.headers, provider, prepared.stream, prepared.body.length),
+      body: prepared.body,
+    },
+    call,
+  );
+  const response = await call.done;
+  if (response !== undefined) {
+    if (response.status >= 300) await relayUpstreamError(gateway, ctx, provider, response);
+    else await relayJson(ctx, provider, response, keyBytes);
   }
   ctx.upstreamEndedAt = performance.now();
 }
 
-/** Forwards each upstream chunk as it arrives, through the route's usage tap. */
-async function relayStream(ctx: RequestContext, body: Readable, key: Buffer | undefined): Promise<void> {
-  const tap = ctx.tap!;
-  try {
-    for await (const chunk of body) {
-      const forwardBytes = tap.streamChunk(maskKeyInChunk(chunk as Buffer, key));
-      if (forwardBytes !== undefined && forwardBytes.length > 0) await writeChunk(ctx, forwardBytes);
-    }
-  } catch (error) {
-    const rest = tap.streamEnd();
-    if (rest !== undefined && !ctx.clientAborted) ctx.res.write(rest);
-    throw error;
+/** Sends a whole 2xx body to the client, decoded, after the usage tap has read it. */
+async function relayJson(ctx: RequestContext, provider: ProviderConfig, response: CollectedResponse, keyBytes: Buffer | undefined): Promise<void> {
+  const encoding = contentEncoding(response.headers);
+  // Most bodies come unencoded; only the others take a trip through zlib.
+  const decoded = encoding === '' ? response.body : await decodeWhole(response.body, encoding);
+  if (decoded === undefined) {
+    throw new GatewayError('upstream_unreachable', `the ${provider.name} provider sent a response with an unsupported content encoding`);
   }
-  const rest = tap.streamEnd();
-  if (rest !== undefined) ctx.res.write(rest);
-  ctx.res.end();
+  const payload = maskKeyInChunk(decoded, keyBytes);
+  ctx.tap!.jsonBody(payload);
+  const out = clientResponseHeaders(response.headers, ctx.requestId, provider.apiKey);
+  out['content-length'] = payload.length;
+  ctx.status = response.status;
+  ctx.res.writeHead(response.status, reasonPhrase(response.status), out);
+  ctx.res.end(payload);
+}
+
+const targets = new WeakMap<ProviderConfig, { origin: string; basePath: string }>();
+
+/** The provider's origin and base path, split once so that no request parses the URL again. */
+function upstreamTarget(provider: ProviderConfig): { origin: string; basePath: string } {
+  let target = targets.get(provider);
+  if (target === undefined) {
+    const url = new URL(provider.baseUrl);
+    target = { origin: url.origin, basePath: url.pathname.replace(/\/+$/, '') };
+    targets.set(provider, target);
+  }
+  return target;
 }
 
 const keyBytes = new WeakMap<ProviderConfig, Buffer | undefined>();

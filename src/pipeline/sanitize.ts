@@ -29,10 +29,9 @@ export function sanitizeUpstreamText(text: string, provider: ProviderConfig): st
 }
 
 /**
- * Masks the gateway's provider key inside a streamed chunk, in place of the key's own bytes so
- * that the stream keeps its length. The provider has no reason to send the key, so this is a
- * last line of defence.
- * NOTE: a key split across two chunks is not found.
+ * Masks the gateway's provider key inside a buffer, in place of the key's own bytes so that the
+ * body keeps its length. The provider has no reason to send the key, so this is a last line of
+ * defence. Streams use StreamKeyMask, which also finds a key split between chunks.
  */
 export function maskKeyInChunk(chunk: Buffer, key: Buffer | undefined): Buffer {
   if (key === undefined || chunk.length < key.length) return chunk;
@@ -44,6 +43,44 @@ export function maskKeyInChunk(chunk: Buffer, key: Buffer | undefined): Buffer {
     at = copy.indexOf(key, at + key.length);
   }
   return copy;
+}
+
+/**
+ * Masks the provider key across the chunks of a stream. A chunk that ends with the first bytes of
+ * the key keeps them back until the next chunk shows whether the rest of the key follows.
+ */
+export class StreamKeyMask {
+  private kept: Buffer | undefined;
+
+  constructor(private readonly key: Buffer) {}
+
+  /** Returns the chunk's bytes that are safe to forward now, masked. */
+  push(chunk: Buffer): Buffer {
+    const data = this.kept === undefined ? chunk : Buffer.concat([this.kept, chunk]);
+    this.kept = undefined;
+    const masked = maskKeyInChunk(data, this.key);
+    const keep = keyStartAtEnd(masked, this.key);
+    if (keep === 0) return masked;
+    this.kept = Buffer.from(masked.subarray(masked.length - keep));
+    return masked.subarray(0, masked.length - keep);
+  }
+
+  /** Returns the bytes still kept back when the stream ends: a start of the key that never finished. */
+  end(): Buffer | undefined {
+    const kept = this.kept;
+    this.kept = undefined;
+    return kept;
+  }
+}
+
+/** Returns the length of the longest end of `data` that is a proper prefix of `key`, or 0. */
+function keyStartAtEnd(data: Buffer, key: Buffer): number {
+  let at = data.indexOf(key[0], Math.max(0, data.length - key.length + 1));
+  while (at !== -1) {
+    if (data.compare(key, 0, data.length - at, at) === 0) return data.length - at;
+    at = data.indexOf(key[0], at + 1);
+  }
+  return 0;
 }
 
 /** True when a header value carries the provider key, so the header must not reach the client. */

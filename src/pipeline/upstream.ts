@@ -1,7 +1,7 @@
 import { STATUS_CODES, type IncomingHttpHeaders, type OutgoingHttpHeaders } from 'node:http';
-import { once } from 'node:events';
-import type { Readable } from 'node:stream';
-import { createBrotliDecompress, createGunzip, createInflate } from 'node:zlib';
+import type { Transform } from 'node:stream';
+import { promisify } from 'node:util';
+import { brotliDecompress, createBrotliDecompress, createGunzip, createInflate, gunzip, inflate } from 'node:zlib';
 import type { ProviderConfig } from '../config/config.ts';
 import { GatewayError } from '../errors/errors.ts';
 import type { Gateway } from '../server/gateway.ts';
@@ -45,7 +45,15 @@ const DROPPED_RESPONSE_HEADERS = new Set([
 const DROPPED_RESPONSE_PREFIXES = ['x-ratelimit-', 'anthropic-ratelimit-'];
 
 /** Largest upstream error body the gateway reads to clean it; the rest is cut off. */
-const MAX_ERROR_BODY = 1024 * 1024;
+export const MAX_ERROR_BODY = 1024 * 1024;
+
+/** A response body collected whole (JSON, or an error status), for the pipeline to relay. */
+export interface CollectedResponse {
+  status: number;
+  headers: IncomingHttpHeaders;
+  /** Raw bytes as received, still in the upstream's content encoding. */
+  body: Buffer;
+}
 
 export function upstreamRequestHeaders(incoming: IncomingHttpHeaders, provider: ProviderConfig, stream: boolean, bodyLength: number): Record<string, string> {
   const headers: Record<string, string> = {};
@@ -90,38 +98,37 @@ export function clientResponseHeaders(upstream: IncomingHttpHeaders, requestId: 
   return headers;
 }
 
-/**
- * Wraps the upstream body in a decoder for its content encoding. Returns undefined for an
- * encoding the gateway did not ask for and cannot decode.
- */
-export function decodeBody(body: Readable, encoding: string | string[] | undefined): Readable | undefined {
+/** The response's content encoding, lowercased; '' for none or identity. */
+export function contentEncoding(headers: IncomingHttpHeaders): string {
+  const encoding = headers['content-encoding'];
   const value = (Array.isArray(encoding) ? encoding.join(',') : (encoding ?? '')).trim().toLowerCase();
-  if (value === '' || value === 'identity') return body;
-  let decoder: NodeJS.ReadWriteStream;
-  if (value === 'gzip' || value === 'x-gzip') decoder = createGunzip();
-  else if (value === 'deflate') decoder = createInflate();
-  else if (value === 'br') decoder = createBrotliDecompress();
-  else return undefined;
-  body.on('error', (error) => (decoder as unknown as Readable).destroy(error));
-  return body.pipe(decoder as unknown as NodeJS.WritableStream) as unknown as Readable;
+  return value === 'identity' ? '' : value;
 }
 
-/** Reads a whole (decoded) body. Error bodies are cut off at `limit` bytes. */
-export async function readAll(body: Readable, limit = Number.POSITIVE_INFINITY): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of body) {
-    const buffer = chunk as Buffer;
-    if (size + buffer.length > limit) {
-      chunks.push(buffer.subarray(0, limit - size));
-      size = limit;
-      body.destroy();
-      break;
-    }
-    chunks.push(buffer);
-    size += buffer.length;
-  }
-  return chunks.length === 1 ? chunks[0] : Buffer.concat(chunks, size);
+/** A streaming decoder for a content encoding, or undefined for one the gateway cannot decode. */
+export function createDecoder(encoding: string): Transform | undefined {
+  if (encoding === 'gzip' || encoding === 'x-gzip') return createGunzip();
+  if (encoding === 'deflate') return createInflate();
+  if (encoding === 'br') return createBrotliDecompress();
+  return undefined;
+}
+
+const gunzipAsync = promisify(gunzip);
+const inflateAsync = promisify(inflate);
+const brotliAsync = promisify(brotliDecompress);
+
+/**
+ * Decodes a whole body in its content encoding (as returned by contentEncoding). Returns
+ * undefined for an encoding the gateway did not ask for and cannot decode; rejects on corrupt
+ * data or when the decoded body would pass `maxBytes`.
+ */
+export async function decodeWhole(body: Buffer, encoding: string, maxBytes?: number): Promise<Buffer | undefined> {
+  const options = maxBytes === undefined ? {} : { maxOutputLength: maxBytes };
+  if (encoding === '') return body;
+  if (encoding === 'gzip' || encoding === 'x-gzip') return gunzipAsync(body, options);
+  if (encoding === 'deflate') return inflateAsync(body, options);
+  if (encoding === 'br') return brotliAsync(body, options);
+  return undefined;
 }
 
 /** Seconds from an upstream `retry-after` (seconds or an HTTP date), or undefined. */
@@ -136,11 +143,11 @@ export function retryAfterSeconds(value: string | string[] | undefined, now = Da
 }
 
 /** Relays an upstream error status with a cleaned body; a 429 becomes 503. */
-export async function relayUpstreamError(gateway: Gateway, ctx: RequestContext, provider: ProviderConfig, status: number, headers: IncomingHttpHeaders, body: Readable): Promise<void> {
+export async function relayUpstreamError(gateway: Gateway, ctx: RequestContext, provider: ProviderConfig, response: CollectedResponse): Promise<void> {
   const { res } = ctx;
+  const { status, headers } = response;
   ctx.outcome = 'upstream_error';
   if (status === 429) {
-    body.resume();
     const seconds = retryAfterSeconds(headers['retry-after']) ?? provider.retryAfterSeconds;
     throw new GatewayError(
       'upstream_rate_limited',
@@ -148,10 +155,10 @@ export async function relayUpstreamError(gateway: Gateway, ctx: RequestContext, 
       { headers: { 'retry-after': String(seconds) } },
     );
   }
-  const decoded = decodeBody(body, headers['content-encoding']) ?? body;
   let raw: Buffer;
   try {
-    raw = await readAll(decoded, MAX_ERROR_BODY);
+    // A body in an encoding the gateway cannot decode is cleaned as it is.
+    raw = (await decodeWhole(response.body, contentEncoding(headers), MAX_ERROR_BODY)) ?? response.body;
   } catch {
     raw = Buffer.alloc(0);
   }
@@ -171,11 +178,4 @@ const EXTRA_REASONS: Record<number, string> = { 529: 'Overloaded' };
 
 export function reasonPhrase(status: number): string {
   return STATUS_CODES[status] ?? EXTRA_REASONS[status] ?? 'Unknown';
-}
-
-/** Writes a chunk, waiting for the client to drain when its socket buffer is full. */
-export async function writeChunk(ctx: RequestContext, chunk: Buffer): Promise<void> {
-  if (ctx.res.write(chunk)) return;
-  if (ctx.res.destroyed) return;
-  await Promise.race([once(ctx.res, 'drain'), once(ctx.res, 'close')]);
 }

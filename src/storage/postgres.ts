@@ -5,7 +5,7 @@ import type { Actor, ActorPatch, FeatureLimits, NewActor, TokenRecord } from '..
 import type { Logger } from '../logging/logger.ts';
 import type { UsageEvent, UsageQuery } from '../usage/event.ts';
 import { MIGRATION_TIMEOUT_MS, MIGRATIONS_TABLE, migrate, validateSchemaName } from './postgres-schema.ts';
-import { EVENT_COLUMNS, tokenFromRow, type StoredToken, type TokenRow } from './rows.ts';
+import { EVENT_COLUMNS, eventValues, tokenFromRow, type EventValue, type StoredToken, type TokenRow } from './rows.ts';
 import { validateActorName } from './sqlite.ts';
 import type { Store, TokenLookup } from './store.ts';
 
@@ -100,12 +100,14 @@ function toEvent(row: EventRow): UsageEvent {
   return event as unknown as UsageEvent;
 }
 
-function eventValues(event: UsageEvent): unknown[] {
-  // Postgres text cannot hold NUL characters, which a caller can put in a header; they are dropped.
-  return EVENT_COLUMNS.map(([field]) => {
-    const value = event[field] ?? null;
-    return typeof value === 'string' && value.includes('\u0000') ? value.replaceAll('\u0000', '') : value;
-  });
+/** The event's values in column order. Postgres text cannot hold NUL characters, which a caller can put in a header; they are dropped. */
+function postgresEventValues(event: UsageEvent): EventValue[] {
+  const values = eventValues(event);
+  for (let index = 0; index < values.length; index++) {
+    const value = values[index];
+    if (typeof value === 'string' && value.includes('\u0000')) values[index] = value.replaceAll('\u0000', '');
+  }
+  return values;
 }
 
 /** Returns `host:port/database` from a connection URL, leaving out the user and password. */
@@ -311,7 +313,7 @@ export class PostgresStore implements Store {
 
   /** Inserts like insertEvents and returns how many events were new. */
   async insertEventsCounted(events: UsageEvent[]): Promise<number> {
-    return this.insertRows('usage_events', EVENT_COLUMN_LIST, events.map(eventValues), 'ON CONFLICT (id) DO NOTHING');
+    return this.insertRows('usage_events', EVENT_COLUMN_LIST, events.map(postgresEventValues), 'ON CONFLICT (id) DO NOTHING');
   }
 
   /**

@@ -5,7 +5,7 @@ import { Worker } from 'node:worker_threads';
 import Database from 'better-sqlite3';
 import type { Actor, ActorPatch, FeatureLimits, NewActor, TokenRecord } from '../actors/types.ts';
 import type { UsageEvent, UsageQuery } from '../usage/event.ts';
-import { EVENT_COLUMNS, tokenFromRow, type StoredToken, type TokenRow } from './rows.ts';
+import { BOOLEAN_EVENT_INDEXES, EVENT_COLUMNS, eventValues, tokenFromRow, type EventValue, type StoredToken, type TokenRow } from './rows.ts';
 import type { Store, TokenLookup } from './store.ts';
 
 /** File name of the database inside the data directory. */
@@ -165,14 +165,11 @@ export function storedTokenFromSqliteRow(row: SqliteTokenRow): StoredToken {
   return { ...tokenFromRow(row), tokenHash: row.token_hash };
 }
 
-function toEventRow(event: UsageEvent): SqliteEventRow {
-  const row: SqliteEventRow = {};
-  for (const [field, column] of EVENT_COLUMNS) {
-    const value = event[field];
-    if (BOOLEAN_EVENT_FIELDS.has(field)) row[column] = value ? 1 : 0;
-    else row[column] = (value ?? null) as string | number | null;
-  }
-  return row;
+/** The event's values in column order, with booleans as 0 or 1, the way SQLite stores them. */
+function sqliteEventValues(event: UsageEvent): EventValue[] {
+  const values = eventValues(event);
+  for (const index of BOOLEAN_EVENT_INDEXES) values[index] = values[index] ? 1 : 0;
+  return values;
 }
 
 export function eventFromSqliteRow(row: SqliteEventRow): UsageEvent {
@@ -226,7 +223,7 @@ export class SqliteStore implements Store {
 
     const columns = EVENT_COLUMNS.map(([, column]) => column);
     // A retried batch skips the events it already stored instead of failing on the primary key.
-    const insertEventSql = `INSERT INTO usage_events (${columns.join(', ')}) VALUES (${columns.map((column) => `@${column}`).join(', ')})
+    const insertEventSql = `INSERT INTO usage_events (${columns.join(', ')}) VALUES (${columns.map(() => '?').join(', ')})
          ON CONFLICT (id) DO NOTHING`;
     this.statements = {
       insertActor: this.db.prepare(
@@ -392,9 +389,9 @@ export class SqliteStore implements Store {
   /** Inserts the batch in one transaction. Events whose id is already stored are skipped. */
   async insertEvents(events: UsageEvent[]): Promise<void> {
     if (events.length === 0) return;
-    if (this.writer !== undefined) return this.writer.write(events.map(toEventRow));
+    if (this.writer !== undefined) return this.writer.write(events.map(sqliteEventValues));
     const insertAll = this.db.transaction((batch: UsageEvent[]) => {
-      for (const event of batch) this.statements.insertEvent.run(toEventRow(event));
+      for (const event of batch) this.statements.insertEvent.run(sqliteEventValues(event));
     });
     insertAll(events);
   }
@@ -464,7 +461,7 @@ class BackgroundWriter {
     this.worker.on('exit', (code) => this.failAll(new Error(`the SQLite writer thread exited with code ${code}`)));
   }
 
-  write(rows: SqliteEventRow[]): Promise<void> {
+  write(rows: EventValue[][]): Promise<void> {
     const id = this.nextId++;
     // The thread keeps the process alive only while a write is pending, so an unflushed batch is
     // never lost to an event loop that runs out of other work.

@@ -14,7 +14,8 @@ export interface SseEvent {
  * events as for the whole stream at once. Only the current, unfinished event is kept.
  */
 export class SseParser {
-  private readonly decoder = new TextDecoder('utf-8');
+  /** Made on the first chunk: a tap is built for every response, but most are not streams. */
+  private decoder: InstanceType<typeof TextDecoder> | undefined;
   private partialLine = '';
   /** The previous chunk ended in CR, so a leading LF in the next chunk belongs to it. */
   private pendingCr = false;
@@ -26,12 +27,13 @@ export class SseParser {
   constructor(private readonly onEvent: (event: SseEvent) => void, private readonly keepRaw = false) {}
 
   push(chunk: Uint8Array): void {
+    this.decoder ??= new TextDecoder('utf-8');
     this.feedText(this.decoder.decode(chunk, { stream: true }));
   }
 
   /** Flushes the decoder. An unterminated last event is dropped, as the SSE standard requires. */
   end(): void {
-    const rest = this.decoder.decode();
+    const rest = this.decoder?.decode() ?? '';
     if (rest !== '') this.feedText(rest);
     if (this.pendingCr) this.completeCrLine('');
   }

@@ -253,6 +253,21 @@ test('provider key masked in stream', async () => {
   assert.ok(!gateway.logText().includes(OPENAI_KEY), 'the provider key reached the logs');
 });
 
+test('provider key split across chunks masked', async () => {
+  const actor = await gateway.createActor();
+  const first = splitSseEvents(openaiChatStream('one two', { includeUsage: true }))[0];
+  const errorEvent = `data: ${JSON.stringify({ error: { message: `quota exceeded for key ${OPENAI_KEY}`, type: 'server_error', param: null, code: null } })}\n\n`;
+  const cut = errorEvent.indexOf(OPENAI_KEY) + 7;
+  upstream.enqueue({ headers: SSE_HEADERS, chunks: [first, errorEvent.slice(0, cut), { delayMs: 20 }, errorEvent.slice(cut)] });
+  const response = await send('/v1/chat/completions', OPENAI_STREAM_REQUEST, actor);
+  await eventsOf(actor, 1);
+  const text = response.body.toString('utf8');
+
+  assert.equal(response.status, 200);
+  assert.ok(text.includes('quota exceeded for key'), `the error event was not forwarded: ${text}`);
+  assert.ok(!text.includes(OPENAI_KEY), `client body ${text}`);
+});
+
 test('header carrying key dropped', async () => {
   const actor = await gateway.createActor();
   upstream.enqueue({ headers: { 'x-echo': OPENAI_KEY, 'x-other': 'kept' }, body: openaiChatCompletion('Hello') });
@@ -265,8 +280,6 @@ test('header carrying key dropped', async () => {
 });
 
 test('provider key masked in JSON body', async () => {
-  // NOTE: fails as of this change: the gateway masks the key in streams and headers but forwards a
-  // JSON response body unchanged.
   const actor = await gateway.createActor();
   upstream.enqueue({ body: openaiChatCompletion(`Your key is ${OPENAI_KEY}`) });
   const response = await send('/v1/chat/completions', OPENAI_REQUEST, actor);

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import type { ProviderConfig } from '../../src/config/config.ts';
-import { sanitizeUpstreamText } from '../../src/pipeline/sanitize.ts';
+import { maskKeyInChunk, sanitizeUpstreamText, StreamKeyMask } from '../../src/pipeline/sanitize.ts';
 
 const openai: ProviderConfig = {
   name: 'openai',
@@ -83,4 +83,62 @@ describe('sanitizeUpstreamText', () => {
       }
     });
   }
+});
+
+describe('StreamKeyMask', () => {
+  const key = Buffer.from('sk-stream-secret-0123456789');
+  const text = `data: {"message":"key ${key} leaked"}\n\n`;
+  const expected = text.replace(key.toString(), '*'.repeat(key.length));
+
+  function run(chunks: string[]): { output: string; sizes: number[] } {
+    const mask = new StreamKeyMask(key);
+    const parts = chunks.map((chunk) => mask.push(Buffer.from(chunk)));
+    assert.equal(mask.end(), undefined, 'bytes still kept back at the end');
+    return { output: Buffer.concat(parts).toString(), sizes: parts.map((part) => part.length) };
+  }
+
+  it('masks a key split at every position', () => {
+    const start = text.indexOf(key.toString());
+    for (let cut = start; cut <= start + key.length; cut++) {
+      assert.equal(run([text.slice(0, cut), text.slice(cut)]).output, expected, `split at ${cut}`);
+    }
+  });
+
+  it('masks a key split over three chunks', () => {
+    const start = text.indexOf(key.toString());
+    const chunks = [text.slice(0, start + 2), text.slice(start + 2, start + 9), text.slice(start + 9)];
+    assert.equal(run(chunks).output, expected);
+  });
+
+  it('holds back nothing when no key starts', () => {
+    const chunks = ['data: {"a":"s"}\n\n', 'data: {"b":"sk"}\n\n', 'data: {"c":"d"}\n\n'];
+    const { output, sizes } = run(chunks);
+    assert.equal(output, chunks.join(''));
+    assert.deepEqual(sizes, chunks.map((chunk) => chunk.length), 'each chunk is forwarded whole');
+  });
+
+  it('holds a key start until the next chunk', () => {
+    const mask = new StreamKeyMask(key);
+    const first = mask.push(Buffer.from('data: sk-str'));
+    assert.equal(first.toString(), 'data: ');
+    const second = mask.push(Buffer.from('ing\n\n'));
+    assert.equal(second.toString(), 'sk-string\n\n', 'the kept bytes were not the key');
+    assert.equal(mask.end(), undefined);
+  });
+
+  it('returns an unfinished key start at the end', () => {
+    const mask = new StreamKeyMask(key);
+    assert.equal(mask.push(Buffer.from('data: sk-stream-sec')).toString(), 'data: ');
+    assert.equal(mask.end()?.toString(), 'sk-stream-sec');
+  });
+});
+
+describe('maskKeyInChunk', () => {
+  it('masks every copy and keeps the length', () => {
+    const key = Buffer.from('sk-chunk-secret-000');
+    const chunk = Buffer.from(`${key} and ${key}`);
+    const masked = maskKeyInChunk(chunk, key);
+    assert.equal(masked.toString(), `${'*'.repeat(key.length)} and ${'*'.repeat(key.length)}`);
+    assert.equal(chunk.toString(), `${key} and ${key}`, 'the input buffer is left as it was');
+  });
 });
