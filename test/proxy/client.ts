@@ -3,9 +3,11 @@
  * not decode content encodings, so tests see the bytes the gateway wrote.
  */
 import type { IncomingHttpHeaders } from 'node:http';
+import { after, before, beforeEach } from 'node:test';
 import { Agent, request } from 'undici';
 import type { UsageEvent } from '../../src/usage/event.ts';
-import type { TestGateway } from '../helpers/gateway.ts';
+import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
+import { UpstreamServer } from '../helpers/upstream-server.ts';
 
 /** Default upper bound for one request in these tests, body included. */
 export const REQUEST_TIMEOUT_MS = 10_000;
@@ -27,6 +29,34 @@ export interface SendOptions {
 /** Creates the agent that a test file sends its requests through. Close it in `after()`. */
 export function createAgent(): Agent {
   return new Agent({ keepAliveTimeout: 1_000, connections: 64 });
+}
+
+export interface ProxyTestBed {
+  agent: Agent;
+  upstream: UpstreamServer;
+  gateway: TestGateway;
+}
+
+/**
+ * Starts a scripted upstream and a gateway in front of it before the file's tests, empties the
+ * upstream's script before each test and stops everything after the last one. The fields are set
+ * once the `before` hook has run.
+ */
+export function useProxyTestBed(): ProxyTestBed {
+  const bed = { agent: createAgent() } as ProxyTestBed;
+  before(async () => {
+    bed.upstream = await UpstreamServer.start();
+    bed.gateway = await startTestGateway(bed.upstream);
+  });
+  after(async () => {
+    await bed.agent.close();
+    await bed.gateway?.close();
+    await bed.upstream?.close();
+  });
+  beforeEach(() => {
+    bed.upstream.reset();
+  });
+  return bed;
 }
 
 export function bearer(token: string): Record<string, string> {
