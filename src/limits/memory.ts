@@ -23,9 +23,9 @@ export class MemoryLimiter implements Limiter {
     this.sweeper.unref();
   }
 
-  private current(id: string): Window | undefined {
+  private current(id: string, now = this.now()): Window | undefined {
     const window = this.windows.get(id);
-    if (window !== undefined && window.resetAt <= this.now()) {
+    if (window !== undefined && window.resetAt <= now) {
       this.windows.delete(id);
       return undefined;
     }
@@ -35,10 +35,11 @@ export class MemoryLimiter implements Limiter {
   async admit(checks: QuotaCheck[], lease?: LeaseRequest): Promise<AdmitResult> {
     const now = this.now();
     const states: CounterState[] = [];
+    const ids = checks.map((check) => keyOf(check.key));
     let rejectedBy: number | 'concurrency' | undefined;
     for (let i = 0; i < checks.length; i++) {
       const check = checks[i];
-      const window = this.current(keyOf(check.key));
+      const window = this.current(ids[i], now);
       const used = window?.used ?? 0;
       const fits = check.mode === 'fit' ? used + check.cost <= check.limit : used < check.limit;
       if (!fits && rejectedBy === undefined) rejectedBy = i;
@@ -54,8 +55,8 @@ export class MemoryLimiter implements Limiter {
     for (let i = 0; i < checks.length; i++) {
       const check = checks[i];
       if (check.cost === 0) continue;
-      const id = keyOf(check.key);
-      const window = this.current(id) ?? { used: 0, resetAt: now + check.intervalMs };
+      const id = ids[i];
+      const window = this.current(id, now) ?? { used: 0, resetAt: now + check.intervalMs };
       window.used += check.cost;
       this.windows.set(id, window);
       states[i] = { ...states[i], remaining: Math.max(0, check.limit - window.used), resetAt: window.resetAt };
@@ -72,7 +73,7 @@ export class MemoryLimiter implements Limiter {
     for (const adjustment of adjustments) {
       if (adjustment.delta === 0) continue;
       const id = keyOf(adjustment.key);
-      const window = this.current(id);
+      const window = this.current(id, now);
       if (window === undefined) {
         // A refund for a window that already ended has nothing to give back to.
         if (adjustment.delta > 0) this.windows.set(id, { used: adjustment.delta, resetAt: now + adjustment.intervalMs });

@@ -46,7 +46,7 @@ async function fillTokens(ctx: RequestContext, event: UsageEvent): Promise<void>
   let estimated = false;
   let input = meter.inputTokens;
   if (input === null) {
-    input = await countTokens(prepared.promptText());
+    input = await countTokens(prepared.promptParts.join('\n'));
     estimated = true;
   }
   let output = meter.outputTokens;

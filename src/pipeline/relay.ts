@@ -165,14 +165,14 @@ export class UpstreamCall implements Dispatcher.DispatchHandler {
     if (!this.ctx.res.write(bytes) && !this.ctx.res.destroyed) {
       // Hold the upstream until the client catches up. A client that leaves instead aborts the call.
       this.controller?.pause();
-      this.ctx.res.once('drain', this.resumeUpstream);
+      this.ctx.res.once('drain', () => this.resumeUpstream());
     }
   }
 
-  private readonly resumeUpstream = (): void => {
+  private resumeUpstream(): void {
     // While the decoder's buffer is full, the decoder's own 'drain' resumes the upstream.
     if (this.decoder === undefined || !this.decoder.writableNeedDrain) this.controller?.resume();
-  };
+  }
 
   private endStream(): void {
     if (this.settled) return;

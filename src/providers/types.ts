@@ -14,8 +14,8 @@ export interface PreparedRequest {
   promptTokenEstimate?: number;
   /** The request's output cap (`max_tokens` and its variants), used to reserve token budgets. */
   maxOutputTokens: number | null;
-  /** The prompt text, for a local token estimate when the provider reports no input tokens. */
-  promptText: () => string;
+  /** The prompt's text pieces, joined with newlines for a local token estimate when the provider reports no input tokens. */
+  promptParts: readonly string[];
   /** OpenAI streams: the gateway added `stream_options.include_usage`, so it must hide the result. */
   injectedUsage: boolean;
 }

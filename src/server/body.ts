@@ -13,9 +13,14 @@ function tooLarge(maxBytes: number): GatewayError {
   return new GatewayError('body_too_large', `request body is larger than the ${maxBytes}-byte limit (LLM_PROXY_MAX_BODY_BYTES)`);
 }
 
+const COLLECTOR = Symbol('bodyCollector');
+
+/** A request whose body a BodyCollector is reading. */
+type CollectedRequest = IncomingMessage & { [COLLECTOR]: BodyCollector };
+
 /**
- * Collects one request body. A class with bound listeners, rather than closures made per call,
- * because this runs on every request.
+ * Collects one request body. The listeners are shared module functions that find the collector
+ * on the request, because this runs on every request and per-request closures cost more.
  */
 class BodyCollector {
   private readonly chunks: Buffer[] = [];
@@ -27,20 +32,21 @@ class BodyCollector {
     private readonly resolve: (body: Buffer) => void,
     private readonly reject: (error: Error) => void,
   ) {
-    req.on('data', this.onData);
-    req.on('end', this.onEnd);
-    req.on('error', this.onError);
-    req.on('close', this.onClose);
+    (req as CollectedRequest)[COLLECTOR] = this;
+    req.on('data', onData);
+    req.on('end', onEnd);
+    req.on('error', onError);
+    req.on('close', onClose);
   }
 
   private cleanup(): void {
-    this.req.off('data', this.onData);
-    this.req.off('end', this.onEnd);
-    this.req.off('error', this.onError);
-    this.req.off('close', this.onClose);
+    this.req.off('data', onData);
+    this.req.off('end', onEnd);
+    this.req.off('error', onError);
+    this.req.off('close', onClose);
   }
 
-  private readonly onData = (chunk: Buffer): void => {
+  data(chunk: Buffer): void {
     this.size += chunk.length;
     if (this.size > this.maxBytes) {
       this.cleanup();
@@ -49,24 +55,37 @@ class BodyCollector {
       return;
     }
     this.chunks.push(chunk);
-  };
+  }
 
-  private readonly onEnd = (): void => {
+  end(): void {
     this.cleanup();
     this.resolve(this.chunks.length === 1 ? this.chunks[0] : Buffer.concat(this.chunks, this.size));
-  };
+  }
 
-  private readonly onError = (): void => {
+  fail(): void {
     this.cleanup();
     this.reject(new ClientClosedError());
-  };
+  }
 
-  private readonly onClose = (): void => {
-    if (!this.req.complete) {
-      this.cleanup();
-      this.reject(new ClientClosedError());
-    }
-  };
+  close(): void {
+    if (!this.req.complete) this.fail();
+  }
+}
+
+function onData(this: CollectedRequest, chunk: Buffer): void {
+  this[COLLECTOR].data(chunk);
+}
+
+function onEnd(this: CollectedRequest): void {
+  this[COLLECTOR].end();
+}
+
+function onError(this: CollectedRequest): void {
+  this[COLLECTOR].fail();
+}
+
+function onClose(this: CollectedRequest): void {
+  this[COLLECTOR].close();
 }
 
 /** Reads the whole request body, failing fast with 413 once it passes `maxBytes`. */

@@ -15,7 +15,7 @@ function prepare(json: Record<string, unknown>, raw: Buffer): PreparedRequest {
     stream: readStreamFlag(json),
     body: raw,
     promptChars: prompt.length,
-    promptText: () => prompt,
+    promptParts: [prompt],
     injectedUsage: false,
     maxOutputTokens: readMaxTokens(json, 'max_tokens_to_sample'),
   };

@@ -18,7 +18,7 @@ function prepare(json: Record<string, unknown>, raw: Buffer): PreparedRequest {
     stream: readStreamFlag(json),
     body: raw,
     promptChars: textLength(parts),
-    promptText: () => parts.join('\n'),
+    promptParts: parts,
     injectedUsage: false,
     maxOutputTokens: readMaxTokens(json, 'max_tokens'),
   };

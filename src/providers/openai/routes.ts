@@ -27,7 +27,7 @@ function prepareChat(json: Record<string, unknown>, raw: Buffer): PreparedReques
   const parts: string[] = [];
   collectText(json.messages, parts);
   const { body, injected } = withStreamUsage(json, raw, stream);
-  return { model, stream, body, promptChars: textLength(parts), promptText: () => parts.join('\n'), injectedUsage: injected, maxOutputTokens: readMaxTokens(json, 'max_completion_tokens', 'max_tokens') };
+  return { model, stream, body, promptChars: textLength(parts), promptParts: parts, injectedUsage: injected, maxOutputTokens: readMaxTokens(json, 'max_completion_tokens', 'max_tokens') };
 }
 
 function prepareCompletion(json: Record<string, unknown>, raw: Buffer): PreparedRequest {
@@ -41,7 +41,7 @@ function prepareCompletion(json: Record<string, unknown>, raw: Buffer): Prepared
   collectText(prompt, parts);
   if (typeof json.suffix === 'string') parts.push(json.suffix);
   const { body, injected } = withStreamUsage(json, raw, stream);
-  return { model, stream, body, promptChars: textLength(parts), promptText: () => parts.join('\n'), injectedUsage: injected, maxOutputTokens: readMaxTokens(json, 'max_completion_tokens', 'max_tokens') };
+  return { model, stream, body, promptChars: textLength(parts), promptParts: parts, injectedUsage: injected, maxOutputTokens: readMaxTokens(json, 'max_completion_tokens', 'max_tokens') };
 }
 
 function prepareEmbeddings(json: Record<string, unknown>, raw: Buffer): PreparedRequest {
@@ -73,7 +73,7 @@ function prepareEmbeddings(json: Record<string, unknown>, raw: Buffer): Prepared
     body: raw,
     promptChars,
     promptTokenEstimate: tokenIds + Math.ceil(promptChars / 3),
-    promptText: () => parts.join('\n'),
+    promptParts: parts,
     injectedUsage: false,
     maxOutputTokens: 0,
   };
