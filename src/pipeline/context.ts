@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { IncomingHttpHeaders, IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
 import { performance } from 'node:perf_hooks';
 import type { Actor, Feature, FeatureLimit } from '../actors/types.ts';
 import type { GatewayError } from '../errors/errors.ts';
@@ -8,6 +8,7 @@ import type { PreparedRequest, ResponseTap, RouteAdapter } from '../providers/ty
 import type { Outcome, UsageEvent } from '../usage/event.ts';
 import { newEventId } from '../usage/ids.ts';
 import type { UpstreamCall } from './relay.ts';
+import { clientResponseHeaders } from './upstream.ts';
 
 const strictUtf8 = new TextDecoder('utf-8', { fatal: true });
 
@@ -48,6 +49,8 @@ export class RequestContext {
   upstreamEndedAt: number | null = null;
   upstreamStatus: number | null = null;
   status = 0;
+  /** The caller's quota headers, set at admission and sent with every response after it. */
+  rateLimitHeaders: Record<string, string> | undefined;
   outcome: Outcome = 'completed';
   error: GatewayError | undefined;
   /** The client closed its connection before the response was complete. */
@@ -59,6 +62,13 @@ export class RequestContext {
     readonly route: RouteAdapter,
     private readonly trustProxy: boolean,
   ) {}
+
+  /** Headers for the client's response: the provider's, filtered, plus the gateway's own. */
+  responseHeaders(upstream: IncomingHttpHeaders, providerKey: string | null): OutgoingHttpHeaders {
+    const headers = clientResponseHeaders(upstream, this.requestId, providerKey);
+    if (this.rateLimitHeaders !== undefined) Object.assign(headers, this.rateLimitHeaders);
+    return headers;
+  }
 
   clientIp(): string | null {
     if (this.trustProxy) {

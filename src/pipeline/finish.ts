@@ -46,7 +46,9 @@ async function fillTokens(ctx: RequestContext, event: UsageEvent): Promise<void>
   let estimated = false;
   let input = meter.inputTokens;
   if (input === null) {
-    input = await countTokens(prepared.promptParts.join('\n'));
+    // The body passed validation in prepare(), so it parses; only its prompt text is counted.
+    const json = JSON.parse(prepared.body.toString('utf8')) as Record<string, unknown>;
+    input = await countTokens(ctx.route.promptParts(json).join('\n'));
     estimated = true;
   }
   let output = meter.outputTokens;

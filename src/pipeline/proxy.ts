@@ -14,7 +14,7 @@ import { RequestContext } from './context.ts';
 import { finishRequest } from './finish.ts';
 import { maskKeyInChunk } from './sanitize.ts';
 import { UpstreamCall } from './relay.ts';
-import { clientResponseHeaders, contentEncoding, decodeWhole, reasonPhrase, relayUpstreamError, upstreamRequestHeaders, type CollectedResponse } from './upstream.ts';
+import { contentEncoding, decodeWhole, reasonPhrase, relayUpstreamError, upstreamRequestHeaders, type CollectedResponse } from './upstream.ts';
 
 /**
  * Handles one proxied API call. The steps run in this order, and each ends the request on its
@@ -31,8 +31,6 @@ export function handleProxy(gateway: Gateway, route: RouteAdapter, req: Incoming
 
 async function runProxy(gateway: Gateway, route: RouteAdapter, req: IncomingMessage, res: ServerResponse): Promise<void> {
   const ctx = new RequestContext(req, res, route, gateway.config.trustProxy);
-  res.setHeader('request-id', ctx.requestId);
-  res.setHeader('x-request-id', ctx.requestId);
   res.on('close', () => {
     if (!res.writableFinished) {
       ctx.clientAborted = true;
@@ -143,9 +141,7 @@ async function admit(gateway: Gateway, ctx: RequestContext): Promise<void> {
     }, LEASE_RENEW_MS);
     ctx.leaseTimer.unref();
   }
-  ctx.res.setHeader('x-ratelimit-limit', String(primary.limit));
-  ctx.res.setHeader('x-ratelimit-remaining', String(primary.remaining));
-  ctx.res.setHeader('x-ratelimit-reset', resetSeconds);
+  ctx.rateLimitHeaders = { 'x-ratelimit-limit': String(primary.limit), 'x-ratelimit-remaining': String(primary.remaining), 'x-ratelimit-reset': resetSeconds };
 }
 
 function rejection(ctx: RequestContext, rejectedBy: number | 'concurrency' | undefined, counters: CounterState[], headers: Record<string, string>, concurrency: number | undefined): GatewayError {
@@ -200,7 +196,7 @@ async function relayJson(ctx: RequestContext, provider: ProviderConfig, response
   }
   const payload = maskKeyInChunk(decoded, keyBytes);
   ctx.tap!.jsonBody(payload);
-  const out = clientResponseHeaders(response.headers, ctx.requestId, provider.apiKey);
+  const out = ctx.responseHeaders(response.headers, provider.apiKey);
   out['content-length'] = payload.length;
   ctx.status = response.status;
   ctx.res.writeHead(response.status, reasonPhrase(response.status), out);
@@ -270,6 +266,6 @@ function handleFailure(gateway: Gateway, ctx: RequestContext, error: unknown): v
   if (ctx.upstreamStartedAt === null) ctx.outcome = 'rejected';
   else if (failure.code === 'upstream_timeout') ctx.outcome = 'timeout';
   else ctx.outcome = 'upstream_error';
-  sendError(ctx.res, ctx.route.errorShape, failure, ctx.requestId);
+  sendError(ctx.res, ctx.route.errorShape, failure, ctx.requestId, ctx.rateLimitHeaders);
 }
 

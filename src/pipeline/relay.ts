@@ -6,7 +6,7 @@ import { GatewayError } from '../errors/errors.ts';
 import { ClientClosedError } from '../server/body.ts';
 import type { RequestContext } from './context.ts';
 import { StreamKeyMask } from './sanitize.ts';
-import { clientResponseHeaders, contentEncoding, createDecoder, MAX_ERROR_BODY, reasonPhrase, type CollectedResponse } from './upstream.ts';
+import { contentEncoding, createDecoder, MAX_ERROR_BODY, reasonPhrase, type CollectedResponse } from './upstream.ts';
 
 /** Handling of the response body: collected whole, relayed as a stream, or dropped. */
 type BodyMode = 'waiting' | 'collect' | 'stream' | 'discard';
@@ -70,19 +70,21 @@ export class UpstreamCall implements Dispatcher.DispatchHandler {
     this.ctx.upstreamHeadersAt = performance.now();
     this.ctx.upstreamStatus = status;
     this.status = status;
-    this.headers = headers;
+    // undici keeps the raw header buffers on the controller, which lives as long as the call. They
+    // pin the socket read that carried them, so an open stream would hold that memory to its end.
+    controller.rawHeaders = null;
 
     if (status === 429) {
       // The pipeline replaces a provider 429 with its own error, so the body is not needed.
       this.mode = 'discard';
       this.settle(undefined, { status, headers, body: EMPTY });
-    } else if (status >= 300) {
-      this.mode = 'collect';
-      this.limit = MAX_ERROR_BODY;
-    } else if (String(headers['content-type'] ?? '').includes('text/event-stream')) {
+    } else if (status < 300 && String(headers['content-type'] ?? '').includes('text/event-stream')) {
       this.startStream(controller, status, headers);
     } else {
+      // Kept for the pipeline, which relays a collected body with its headers.
+      this.headers = headers;
       this.mode = 'collect';
+      if (status >= 300) this.limit = MAX_ERROR_BODY;
     }
   }
 
@@ -128,7 +130,7 @@ export class UpstreamCall implements Dispatcher.DispatchHandler {
     if (this.keyBytes !== undefined) this.mask = new StreamKeyMask(this.keyBytes);
     this.mode = 'stream';
 
-    const out = clientResponseHeaders(headers, this.ctx.requestId, this.providerKey);
+    const out = this.ctx.responseHeaders(headers, this.providerKey);
     out['cache-control'] = 'no-cache';
     out['x-accel-buffering'] = 'no';
     this.ctx.status = status;

@@ -163,7 +163,7 @@ export async function relayUpstreamError(gateway: Gateway, ctx: RequestContext, 
     raw = Buffer.alloc(0);
   }
   const text = sanitizeUpstreamText(raw.toString('utf8'), provider);
-  const out = clientResponseHeaders(headers, ctx.requestId, provider.apiKey);
+  const out = ctx.responseHeaders(headers, provider.apiKey);
   const retryAfter = headers['retry-after'];
   if (retryAfter !== undefined) out['retry-after'] = retryAfter;
   out['content-length'] = Buffer.byteLength(text);

@@ -14,8 +14,6 @@ export interface PreparedRequest {
   promptTokenEstimate?: number;
   /** The request's output cap (`max_tokens` and its variants), used to reserve token budgets. */
   maxOutputTokens: number | null;
-  /** The prompt's text pieces, joined with newlines for a local token estimate when the provider reports no input tokens. */
-  promptParts: readonly string[];
   /** OpenAI streams: the gateway added `stream_options.include_usage`, so it must hide the result. */
   injectedUsage: boolean;
 }
@@ -44,4 +42,10 @@ export interface RouteAdapter {
   /** Validates the parsed body and throws GatewayError(invalid_request) when it cannot be forwarded. */
   prepare(json: Record<string, unknown>, raw: Buffer): PreparedRequest;
   createTap(request: PreparedRequest): ResponseTap;
+  /**
+   * Returns the prompt's text pieces from a request body that `prepare` accepted. The pipeline
+   * parses the body again for this when the provider reports no input tokens, so that a running
+   * request does not keep a parsed copy of its prompt.
+   */
+  promptParts(json: Record<string, unknown>): string[];
 }

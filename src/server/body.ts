@@ -16,7 +16,7 @@ function tooLarge(maxBytes: number): GatewayError {
 const COLLECTOR = Symbol('bodyCollector');
 
 /** A request whose body a BodyCollector is reading. */
-type CollectedRequest = IncomingMessage & { [COLLECTOR]: BodyCollector };
+type CollectedRequest = IncomingMessage & { [COLLECTOR]: BodyCollector | undefined };
 
 /**
  * Collects one request body. The listeners are shared module functions that find the collector
@@ -40,6 +40,8 @@ class BodyCollector {
   }
 
   private cleanup(): void {
+    // Assigned rather than deleted: `delete` would turn the request into a slow dictionary object.
+    (this.req as CollectedRequest)[COLLECTOR] = undefined;
     this.req.off('data', onData);
     this.req.off('end', onEnd);
     this.req.off('error', onError);
@@ -73,19 +75,19 @@ class BodyCollector {
 }
 
 function onData(this: CollectedRequest, chunk: Buffer): void {
-  this[COLLECTOR].data(chunk);
+  this[COLLECTOR]?.data(chunk);
 }
 
 function onEnd(this: CollectedRequest): void {
-  this[COLLECTOR].end();
+  this[COLLECTOR]?.end();
 }
 
 function onError(this: CollectedRequest): void {
-  this[COLLECTOR].fail();
+  this[COLLECTOR]?.fail();
 }
 
 function onClose(this: CollectedRequest): void {
-  this[COLLECTOR].close();
+  this[COLLECTOR]?.close();
 }
 
 /** Reads the whole request body, failing fast with 413 once it passes `maxBytes`. */

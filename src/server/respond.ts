@@ -12,14 +12,20 @@ export function sendJson(res: ServerResponse, status: number, value: unknown, he
   res.end(body);
 }
 
-/** Writes a gateway error in the caller's API shape, unless the response already started. */
-export function sendError(res: ServerResponse, shape: ErrorShape, error: GatewayError, requestId: string): void {
+/**
+ * Writes a gateway error in the caller's API shape, unless the response already started. The
+ * response carries the request id, then `headers`, then the error's own headers, which win.
+ */
+export function sendError(res: ServerResponse, shape: ErrorShape, error: GatewayError, requestId: string, headers?: Record<string, string>): void {
   if (res.headersSent) {
     res.destroy();
     return;
   }
   const body = errorBody(shape, error, requestId);
   res.writeHead(error.status, {
+    'request-id': requestId,
+    'x-request-id': requestId,
+    ...headers,
     ...error.headers,
     'content-type': 'application/json',
     'content-length': Buffer.byteLength(body),

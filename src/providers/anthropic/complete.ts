@@ -15,7 +15,6 @@ function prepare(json: Record<string, unknown>, raw: Buffer): PreparedRequest {
     stream: readStreamFlag(json),
     body: raw,
     promptChars: prompt.length,
-    promptParts: [prompt],
     injectedUsage: false,
     maxOutputTokens: readMaxTokens(json, 'max_tokens_to_sample'),
   };
@@ -56,4 +55,5 @@ export const anthropicComplete: RouteAdapter = {
   upstreamPath: '/v1/complete',
   prepare,
   createTap: () => new CompleteTap(),
+  promptParts: (json) => (typeof json.prompt === 'string' ? [json.prompt] : []),
 };

@@ -5,20 +5,23 @@ import { collectText, readMaxTokens, readStreamFlag, requireModel, textLength, t
 import type { PreparedRequest, RouteAdapter } from '../types.ts';
 import { anthropicBlockText, applyAnthropicUsage } from './usage.ts';
 
+function promptParts(json: Record<string, unknown>): string[] {
+  const parts: string[] = [];
+  collectText(json.system, parts);
+  collectText(json.messages, parts);
+  return parts;
+}
+
 function prepare(json: Record<string, unknown>, raw: Buffer): PreparedRequest {
   const model = requireModel(json);
   if (!Array.isArray(json.messages)) {
     throw new GatewayError('invalid_request', 'messages: an array of messages is required', { param: 'messages' });
   }
-  const parts: string[] = [];
-  collectText(json.system, parts);
-  collectText(json.messages, parts);
   return {
     model,
     stream: readStreamFlag(json),
     body: raw,
-    promptChars: textLength(parts),
-    promptParts: parts,
+    promptChars: textLength(promptParts(json)),
     injectedUsage: false,
     maxOutputTokens: readMaxTokens(json, 'max_tokens'),
   };
@@ -78,4 +81,5 @@ export const anthropicMessages: RouteAdapter = {
   upstreamPath: '/v1/messages',
   prepare,
   createTap: () => new MessagesTap(),
+  promptParts,
 };

@@ -18,16 +18,32 @@ function withStreamUsage(json: Record<string, unknown>, raw: Buffer, stream: boo
   return { body: Buffer.from(JSON.stringify(body), 'utf8'), injected: true };
 }
 
+function chatPromptParts(json: Record<string, unknown>): string[] {
+  const parts: string[] = [];
+  collectText(json.messages, parts);
+  return parts;
+}
+
+function completionPromptParts(json: Record<string, unknown>): string[] {
+  const parts: string[] = [];
+  collectText(json.prompt, parts);
+  if (typeof json.suffix === 'string') parts.push(json.suffix);
+  return parts;
+}
+
+function embeddingPromptParts(json: Record<string, unknown>): string[] {
+  const inputs = Array.isArray(json.input) ? json.input : [json.input];
+  return inputs.filter((item): item is string => typeof item === 'string');
+}
+
 function prepareChat(json: Record<string, unknown>, raw: Buffer): PreparedRequest {
   const model = requireModel(json);
   if (!Array.isArray(json.messages) || json.messages.length === 0) {
     throw new GatewayError('invalid_request', 'messages: a non-empty array of messages is required', { param: 'messages' });
   }
   const stream = readStreamFlag(json);
-  const parts: string[] = [];
-  collectText(json.messages, parts);
   const { body, injected } = withStreamUsage(json, raw, stream);
-  return { model, stream, body, promptChars: textLength(parts), promptParts: parts, injectedUsage: injected, maxOutputTokens: readMaxTokens(json, 'max_completion_tokens', 'max_tokens') };
+  return { model, stream, body, promptChars: textLength(chatPromptParts(json)), injectedUsage: injected, maxOutputTokens: readMaxTokens(json, 'max_completion_tokens', 'max_tokens') };
 }
 
 function prepareCompletion(json: Record<string, unknown>, raw: Buffer): PreparedRequest {
@@ -37,11 +53,8 @@ function prepareCompletion(json: Record<string, unknown>, raw: Buffer): Prepared
     throw new GatewayError('invalid_request', 'prompt: a string or an array is required', { param: 'prompt' });
   }
   const stream = readStreamFlag(json);
-  const parts: string[] = [];
-  collectText(prompt, parts);
-  if (typeof json.suffix === 'string') parts.push(json.suffix);
   const { body, injected } = withStreamUsage(json, raw, stream);
-  return { model, stream, body, promptChars: textLength(parts), promptParts: parts, injectedUsage: injected, maxOutputTokens: readMaxTokens(json, 'max_completion_tokens', 'max_tokens') };
+  return { model, stream, body, promptChars: textLength(completionPromptParts(json)), injectedUsage: injected, maxOutputTokens: readMaxTokens(json, 'max_completion_tokens', 'max_tokens') };
 }
 
 function prepareEmbeddings(json: Record<string, unknown>, raw: Buffer): PreparedRequest {
@@ -59,21 +72,18 @@ function prepareEmbeddings(json: Record<string, unknown>, raw: Buffer): Prepared
   if (json.stream === true) {
     throw new GatewayError('invalid_request', 'stream: embeddings cannot be streamed', { param: 'stream' });
   }
-  const parts: string[] = [];
   let tokenIds = 0;
   for (const item of inputs) {
-    if (typeof item === 'string') parts.push(item);
-    else if (typeof item === 'number') tokenIds++;
+    if (typeof item === 'number') tokenIds++;
     else if (Array.isArray(item)) tokenIds += item.length;
   }
-  const promptChars = textLength(parts);
+  const promptChars = textLength(embeddingPromptParts(json));
   return {
     model,
     stream: false,
     body: raw,
     promptChars,
     promptTokenEstimate: tokenIds + Math.ceil(promptChars / 3),
-    promptParts: parts,
     injectedUsage: false,
     maxOutputTokens: 0,
   };
@@ -87,6 +97,7 @@ export const openaiChat: RouteAdapter = {
   upstreamPath: '/chat/completions',
   prepare: prepareChat,
   createTap: (request) => new OpenAiTap(request.injectedUsage),
+  promptParts: chatPromptParts,
 };
 
 export const openaiCompletions: RouteAdapter = {
@@ -97,6 +108,7 @@ export const openaiCompletions: RouteAdapter = {
   upstreamPath: '/completions',
   prepare: prepareCompletion,
   createTap: (request) => new OpenAiTap(request.injectedUsage),
+  promptParts: completionPromptParts,
 };
 
 export const openaiEmbeddings: RouteAdapter = {
@@ -107,4 +119,5 @@ export const openaiEmbeddings: RouteAdapter = {
   upstreamPath: '/embeddings',
   prepare: prepareEmbeddings,
   createTap: () => new OpenAiTap(false),
+  promptParts: embeddingPromptParts,
 };
