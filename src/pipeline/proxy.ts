@@ -128,9 +128,9 @@ async function admit(gateway: Gateway, ctx: RequestContext): Promise<void> {
   });
   const result = await gateway.limiter.admit(reservation.checks, reservation.lease);
   const primary = result.counters[0];
-  const resetSeconds = String(Math.max(0, Math.ceil((primary.resetAt - Date.now()) / 1000)));
+  const resetSeconds = Math.max(0, Math.ceil((primary.resetAt - Date.now()) / 1000));
+  const headers = { 'x-ratelimit-limit': String(primary.limit), 'x-ratelimit-remaining': String(primary.remaining), 'x-ratelimit-reset': String(resetSeconds) };
   if (!result.allowed) {
-    const headers = { 'x-ratelimit-limit': String(primary.limit), 'x-ratelimit-remaining': String(primary.remaining), 'x-ratelimit-reset': resetSeconds };
     throw rejection(ctx, result.rejectedBy, result.counters, headers, limit.concurrency);
   }
   ctx.reservation = reservation;
@@ -141,7 +141,7 @@ async function admit(gateway: Gateway, ctx: RequestContext): Promise<void> {
     }, LEASE_RENEW_MS);
     ctx.leaseTimer.unref();
   }
-  ctx.rateLimitHeaders = { 'x-ratelimit-limit': String(primary.limit), 'x-ratelimit-remaining': String(primary.remaining), 'x-ratelimit-reset': resetSeconds };
+  ctx.rateLimitHeaders = headers;
 }
 
 function rejection(ctx: RequestContext, rejectedBy: number | 'concurrency' | undefined, counters: CounterState[], headers: Record<string, string>, concurrency: number | undefined): GatewayError {
