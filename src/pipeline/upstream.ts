@@ -92,7 +92,7 @@ export function clientResponseHeaders(upstream: IncomingHttpHeaders, requestId: 
     headers[name] = upstream[name];
   }
   const upstreamId = upstream['request-id'] ?? upstream['x-request-id'];
-  if (upstreamId !== undefined) headers['upstream-request-id'] = upstreamId;
+  if (upstreamId !== undefined && !headerLeaksKey(upstreamId, providerKey)) headers['upstream-request-id'] = upstreamId;
   headers['request-id'] = requestId;
   headers['x-request-id'] = requestId;
   return headers;
@@ -119,16 +119,41 @@ const brotliAsync = promisify(brotliDecompress);
 
 /**
  * Decodes a whole body in its content encoding (as returned by contentEncoding). Returns
- * undefined for an encoding the gateway did not ask for and cannot decode; rejects on corrupt
- * data or when the decoded body would pass `maxBytes`.
+ * undefined for an encoding the gateway did not ask for and cannot decode; rejects on corrupt data.
  */
-export async function decodeWhole(body: Buffer, encoding: string, maxBytes?: number): Promise<Buffer | undefined> {
-  const options = maxBytes === undefined ? {} : { maxOutputLength: maxBytes };
+export async function decodeWhole(body: Buffer, encoding: string): Promise<Buffer | undefined> {
   if (encoding === '') return body;
-  if (encoding === 'gzip' || encoding === 'x-gzip') return gunzipAsync(body, options);
-  if (encoding === 'deflate') return inflateAsync(body, options);
-  if (encoding === 'br') return brotliAsync(body, options);
+  if (encoding === 'gzip' || encoding === 'x-gzip') return gunzipAsync(body);
+  if (encoding === 'deflate') return inflateAsync(body);
+  if (encoding === 'br') return brotliAsync(body);
   return undefined;
+}
+
+/**
+ * Decodes the first `maxBytes` bytes of a body, for error bodies that are cut off anyway. The
+ * decoder stops there, so a small compressed body cannot expand without bound. Returns undefined
+ * for an encoding the gateway cannot decode, and what was decoded so far when the data is corrupt.
+ */
+export function decodeHead(body: Buffer, encoding: string, maxBytes: number): Promise<Buffer | undefined> {
+  if (encoding === '') return Promise.resolve(body.subarray(0, maxBytes));
+  const decoder = createDecoder(encoding);
+  if (decoder === undefined) return Promise.resolve(undefined);
+  return new Promise((resolve) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const finish = () => {
+      decoder.destroy();
+      resolve(Buffer.concat(chunks, size).subarray(0, maxBytes));
+    };
+    decoder.on('data', (chunk: Buffer) => {
+      chunks.push(chunk);
+      size += chunk.length;
+      if (size >= maxBytes) finish();
+    });
+    decoder.on('end', finish);
+    decoder.on('error', finish);
+    decoder.end(body);
+  });
 }
 
 /** Seconds from an upstream `retry-after` (seconds or an HTTP date), or undefined. */
@@ -155,13 +180,8 @@ export async function relayUpstreamError(gateway: Gateway, ctx: RequestContext, 
       { headers: { 'retry-after': String(seconds) } },
     );
   }
-  let raw: Buffer;
-  try {
-    // A body in an encoding the gateway cannot decode is cleaned as it is.
-    raw = (await decodeWhole(response.body, contentEncoding(headers), MAX_ERROR_BODY)) ?? response.body;
-  } catch {
-    raw = Buffer.alloc(0);
-  }
+  // A body in an encoding the gateway cannot decode is cleaned as it is.
+  const raw = (await decodeHead(response.body, contentEncoding(headers), MAX_ERROR_BODY)) ?? response.body.subarray(0, MAX_ERROR_BODY);
   const text = sanitizeUpstreamText(raw.toString('utf8'), provider);
   const out = ctx.responseHeaders(headers, provider.apiKey);
   const retryAfter = headers['retry-after'];

@@ -5,6 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { performance } from 'node:perf_hooks';
+import { gzipSync } from 'node:zlib';
 import { test } from 'node:test';
 import { openaiChatStream, splitSseEvents } from '../helpers/upstream-server.ts';
 import { bearer, eventFor, open, post, settle, useProxyTestBed } from './client.ts';
@@ -63,6 +64,21 @@ test('error body cut at 1 MiB', async () => {
   const event = await eventFor(gateway, actor.id, 1, response);
   assert.equal(event.outcome, 'upstream_error');
   assert.equal(event.upstreamStatus, 500);
+});
+
+test('gzip error body cut at 1 MiB', async () => {
+  const { agent, gateway, upstream } = bed;
+  const actor = await gateway.createActor();
+  // Compressed, the body is a few KiB; decoded, it is three times the cut.
+  const plain = JSON.stringify({ error: { message: 'b'.repeat(3 * MAX_ERROR_BODY) } });
+  upstream.enqueue({ status: 500, headers: { 'content-type': 'application/json', 'content-encoding': 'gzip' }, body: gzipSync(plain) });
+
+  const response = await post(agent, `${gateway.url}/v1/chat/completions`, OPENAI_REQUEST, { headers: bearer(actor.token) });
+
+  assert.equal(response.status, 500);
+  assert.equal(response.headers['content-encoding'], undefined);
+  assert.equal(response.body.length, MAX_ERROR_BODY, 'bytes of the relayed error body');
+  assert.ok(response.body.equals(Buffer.from(plain.slice(0, MAX_ERROR_BODY))), 'the body is the start of the decoded upstream body');
 });
 
 test('provider 429 relayed before its body ends', async () => {

@@ -279,6 +279,16 @@ test('header carrying key dropped', async () => {
   assert.ok(!JSON.stringify(response.headers).includes(OPENAI_KEY), 'the provider key is in a client header');
 });
 
+test('upstream request id carrying key dropped', async () => {
+  const actor = await gateway.createActor();
+  upstream.enqueue({ headers: { 'x-request-id': `req-${OPENAI_KEY}` }, body: openaiChatCompletion('Hello') });
+  const response = await send('/v1/chat/completions', OPENAI_REQUEST, actor);
+
+  assert.equal(response.status, 200);
+  assert.equal(response.headers['upstream-request-id'], undefined);
+  assert.ok(!JSON.stringify(response.headers).includes(OPENAI_KEY), 'the provider key is in a client header');
+});
+
 test('provider key masked in JSON body', async () => {
   const actor = await gateway.createActor();
   upstream.enqueue({ body: openaiChatCompletion(`Your key is ${OPENAI_KEY}`) });
