@@ -100,7 +100,10 @@ function toEvent(row: EventRow): UsageEvent {
   return event as unknown as UsageEvent;
 }
 
-/** The event's values in column order. Postgres text cannot hold NUL characters, which a caller can put in a header; they are dropped. */
+/**
+ * Returns the event's values in column order. Postgres text cannot hold NUL characters, which a
+ * caller can put in a header, so they are dropped.
+ */
 function postgresEventValues(event: UsageEvent): EventValue[] {
   const values = eventValues(event);
   for (let index = 0; index < values.length; index++) {

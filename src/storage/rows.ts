@@ -43,7 +43,7 @@ export const EVENT_COLUMNS = [
 export type EventValue = string | number | boolean | null;
 
 /**
- * The event's values in EVENT_COLUMNS order, as one array. Written out field by field rather than
+ * Returns the event's values in EVENT_COLUMNS order, as one array. Written out field by field rather than
  * looped over EVENT_COLUMNS, because it runs once for every request and an array is the cheapest
  * shape to hand to a writer thread. A unit test keeps the order in step with EVENT_COLUMNS.
  */

@@ -165,7 +165,7 @@ export function storedTokenFromSqliteRow(row: SqliteTokenRow): StoredToken {
   return { ...tokenFromRow(row), tokenHash: row.token_hash };
 }
 
-/** The event's values in column order, with booleans as 0 or 1, the way SQLite stores them. */
+/** Returns the event's values in column order, with booleans as 0 or 1, the way SQLite stores them. */
 function sqliteEventValues(event: UsageEvent): EventValue[] {
   const values = eventValues(event);
   for (const index of BOOLEAN_EVENT_INDEXES) values[index] = values[index] ? 1 : 0;
