@@ -164,8 +164,7 @@ async function forward(gateway: Gateway, ctx: RequestContext, provider: Provider
   const prepared = ctx.prepared!;
   ctx.tap = ctx.route.createTap(prepared);
   const target = upstreamTarget(provider);
-  const keyBytes = providerKeyBytes(provider);
-  const call = new UpstreamCall(ctx, provider.name, provider.apiKey, keyBytes);
+  const call = new UpstreamCall(ctx, provider.name, provider.apiKey, target.keyBytes);
   ctx.upstreamCall = call;
   ctx.upstreamStartedAt = performance.now();
   gateway.dispatcher.dispatch(
@@ -181,7 +180,7 @@ async function forward(gateway: Gateway, ctx: RequestContext, provider: Provider
   const response = await call.done;
   if (response !== undefined) {
     if (response.status >= 300) await relayUpstreamError(gateway, ctx, provider, response);
-    else await relayJson(ctx, provider, response, keyBytes);
+    else await relayJson(ctx, provider, response, target.keyBytes);
   }
   ctx.upstreamEndedAt = performance.now();
 }
@@ -203,24 +202,31 @@ async function relayJson(ctx: RequestContext, provider: ProviderConfig, response
   ctx.res.end(payload);
 }
 
-const targets = new WeakMap<ProviderConfig, { origin: string; basePath: string }>();
+/** What every request to one provider needs from its settings, worked out once per provider. */
+interface UpstreamTarget {
+  origin: string;
+  /** The base URL's path without a trailing slash, such as `/v1`. */
+  basePath: string;
+  /** The provider key as bytes, to mask in response bodies; undefined for keys under 8 characters. */
+  keyBytes: Buffer | undefined;
+}
 
-/** The provider's origin and base path, split once so that no request parses the URL again. */
-function upstreamTarget(provider: ProviderConfig): { origin: string; basePath: string } {
+const targets = new WeakMap<ProviderConfig, UpstreamTarget>();
+
+/** Returns the provider's upstream target, so that no request parses the base URL again. */
+function upstreamTarget(provider: ProviderConfig): UpstreamTarget {
   let target = targets.get(provider);
   if (target === undefined) {
     const url = new URL(provider.baseUrl);
-    target = { origin: url.origin, basePath: url.pathname.replace(/\/+$/, '') };
+    const key = provider.apiKey;
+    target = {
+      origin: url.origin,
+      basePath: url.pathname.replace(/\/+$/, ''),
+      keyBytes: key !== null && key.length >= 8 ? Buffer.from(key) : undefined,
+    };
     targets.set(provider, target);
   }
   return target;
-}
-
-const keyBytes = new WeakMap<ProviderConfig, Buffer | undefined>();
-
-function providerKeyBytes(provider: ProviderConfig): Buffer | undefined {
-  if (!keyBytes.has(provider)) keyBytes.set(provider, provider.apiKey !== null && provider.apiKey.length >= 8 ? Buffer.from(provider.apiKey) : undefined);
-  return keyBytes.get(provider);
 }
 
 function isCode(error: unknown, ...codes: string[]): boolean {

@@ -50,26 +50,26 @@ export function maskKeyInChunk(chunk: Buffer, key: Buffer | undefined): Buffer {
  * the key keeps them back until the next chunk shows whether the rest of the key follows.
  */
 export class StreamKeyMask {
-  private kept: Buffer | undefined;
+  private keyStart: Buffer | undefined;
 
   constructor(private readonly key: Buffer) {}
 
   /** Returns the chunk's bytes that are safe to forward now, masked. */
   push(chunk: Buffer): Buffer {
-    const data = this.kept === undefined ? chunk : Buffer.concat([this.kept, chunk]);
-    this.kept = undefined;
+    const data = this.keyStart === undefined ? chunk : Buffer.concat([this.keyStart, chunk]);
+    this.keyStart = undefined;
     const masked = maskKeyInChunk(data, this.key);
     const keep = keyStartAtEnd(masked, this.key);
     if (keep === 0) return masked;
-    this.kept = Buffer.from(masked.subarray(masked.length - keep));
+    this.keyStart = Buffer.from(masked.subarray(masked.length - keep));
     return masked.subarray(0, masked.length - keep);
   }
 
   /** Returns the bytes still kept back when the stream ends: a start of the key that never finished. */
   end(): Buffer | undefined {
-    const kept = this.kept;
-    this.kept = undefined;
-    return kept;
+    const keyStart = this.keyStart;
+    this.keyStart = undefined;
+    return keyStart;
   }
 }
 

@@ -98,14 +98,14 @@ export function clientResponseHeaders(upstream: IncomingHttpHeaders, requestId: 
   return headers;
 }
 
-/** The response's content encoding, lowercased; '' for none or identity. */
+/** Returns the response's content encoding, lowercased, or '' for none and for identity. */
 export function contentEncoding(headers: IncomingHttpHeaders): string {
   const encoding = headers['content-encoding'];
   const value = (Array.isArray(encoding) ? encoding.join(',') : (encoding ?? '')).trim().toLowerCase();
   return value === 'identity' ? '' : value;
 }
 
-/** A streaming decoder for a content encoding, or undefined for one the gateway cannot decode. */
+/** Creates a streaming decoder for a content encoding; returns undefined for one the gateway cannot decode. */
 export function createDecoder(encoding: string): Transform | undefined {
   if (encoding === 'gzip' || encoding === 'x-gzip') return createGunzip();
   if (encoding === 'deflate') return createInflate();
